@@ -1,0 +1,82 @@
+"""Record types that flow between data sources, stages and the registry.
+
+Messages are plain dicts ``{"role": "system"|"user"|"assistant", "content": str}`` so that they
+go straight into a tokenizer's chat template.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ROLES = ("system", "user", "assistant")
+# The paper's four preference levels (Table 27), strongest first.
+RATINGS = ("significantly_better", "better", "slightly_better", "negligibly_better")
+
+
+class DataError(ValueError):
+    """A malformed input row: names the source, the line (1-based) and the field."""
+
+    def __init__(self, source: str, line: int | None, field_name: str | None, expected: str):
+        where = str(source)
+        if line is not None:
+            where += f", line {line}"
+        if field_name:
+            where += f", field '{field_name}'"
+        super().__init__(f"{where}: {expected}")
+        self.source, self.line, self.field_name, self.expected = source, line, field_name, expected
+
+
+@dataclass
+class Conversation:
+    """A chat: messages ending with an assistant turn (training) or a user turn (a prompt)."""
+
+    messages: list[dict[str, str]]
+    meta: dict[str, Any] = field(default_factory=dict)  # id, source, task, category, is_safety, oracle keys
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> "Conversation":
+        return cls(messages=list(row["messages"]), meta=dict(row.get("meta") or {}))
+
+
+@dataclass
+class Preference:
+    """A preference pair: ``prompt`` is the conversation so far (ending with a user turn)."""
+
+    prompt: list[dict[str, str]]
+    chosen: str
+    rejected: str
+    rating: str | None = None  # one of RATINGS, or None when the source has no rating
+    margin: float | None = None  # explicit per-pair margin from the data, overrides the rating table
+    chosen_safe: bool | None = None
+    rejected_safe: bool | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> "Preference":
+        known = {k: row[k] for k in ("prompt", "chosen", "rejected", "rating", "margin",
+                                     "chosen_safe", "rejected_safe", "meta") if k in row}
+        known["meta"] = dict(known.get("meta") or {})
+        return cls(**known)
+
+
+def validate_messages(messages: Any, source: str, line: int | None, field_name: str = "messages",
+                      last_role: str | None = None) -> list[dict[str, str]]:
+    """Check a message list and return it; raise DataError naming what is wrong."""
+    if not isinstance(messages, list) or not messages:
+        raise DataError(source, line, field_name, "expected a non-empty list of {role, content} objects")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise DataError(source, line, f"{field_name}[{i}]", "expected an object with 'role' and 'content'")
+        if m["role"] not in ROLES:
+            raise DataError(source, line, f"{field_name}[{i}].role", f"expected one of {ROLES}, got {m['role']!r}")
+        if not isinstance(m["content"], str):
+            raise DataError(source, line, f"{field_name}[{i}].content", "expected a string")
+    if last_role and messages[-1]["role"] != last_role:
+        raise DataError(source, line, field_name, f"expected the last message to be from '{last_role}'")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
