@@ -1,0 +1,94 @@
+"""`chatalign <stage|pipeline|lineage|recipe> …` (also `python -m stages …`)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from stages.recipe import RecipeError, describe, dump_recipe, load_recipe
+
+# Stage name -> module with run(recipe, registry, force, resume). Order is the pipeline's.
+STAGES = {
+    "base": "stages.base",
+    "sft": "stages.sft",
+}
+ALIASES = {"0": "base", "1": "sft", "stage-0": "base", "stage-1": "sft"}
+
+
+def stage_module(name: str):
+    name = ALIASES.get(name, name)
+    if name not in STAGES:
+        raise RecipeError(f"unknown stage '{name}': expected one of {', '.join(STAGES)} (or its number)")
+    return importlib.import_module(STAGES[name])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatalign", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def recipe_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--recipe", "-r", default="recipes/smollm2-135m.yaml", help="recipe YAML")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="dotted override, e.g. --set sft.lr=1e-5 (repeatable)")
+
+    p = sub.add_parser("stage", help="run one stage")
+    p.add_argument("name", help=f"one of {', '.join(STAGES)} (or 0, 1, …)")
+    recipe_args(p)
+    p.add_argument("--force", action="store_true", help="run even if an identical version exists")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+
+    p = sub.add_parser("pipeline", help="run every stage in order")
+    recipe_args(p)
+    p.add_argument("--until", default=None, help="last stage to run")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--resume", action="store_true")
+
+    p = sub.add_parser("lineage", help="print a version's chain back to the base")
+    p.add_argument("ref", help="e.g. sft@latest, sft@v2")
+    recipe_args(p)
+
+    p = sub.add_parser("recipe", help="show or document recipes")
+    p.add_argument("action", choices=["show", "validate", "docs"])
+    recipe_args(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stages.common import open_registry, setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        if args.command == "recipe" and args.action == "docs":
+            print("\n".join(describe()))
+            return 0
+        recipe = load_recipe(args.recipe, args.overrides)
+        if args.command == "recipe":
+            print(dump_recipe(recipe) if args.action == "show" else f"{args.recipe}: valid")
+            return 0
+        registry = open_registry(recipe)
+        if args.command == "lineage":
+            print(registry.format_lineage(args.ref))
+            return 0
+        if args.command == "stage":
+            version = stage_module(args.name).run(recipe, registry, force=args.force, resume=args.resume)
+            print(json.dumps({"version": version.ref, "path": str(version.path)}))
+            return 0
+        if args.command == "pipeline":
+            names = list(STAGES)
+            if args.until:
+                last = ALIASES.get(args.until, args.until)
+                names = names[:names.index(last) + 1]
+            for name in names:
+                version = stage_module(name).run(recipe, registry, force=args.force, resume=args.resume)
+                print(json.dumps({"stage": name, "version": version.ref, "path": str(version.path)}))
+            return 0
+    except RecipeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""What every stage shares: the registry of a recipe, reuse of unchanged work, the accelerator, logging."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from stages.recipe import Recipe
+from stages.registry import Registry, Version
+
+log = logging.getLogger("chatalign")
+
+
+def setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")
+
+
+def open_registry(recipe: Recipe) -> Registry:
+    return Registry(Path(recipe.runs_dir) / recipe.name)
+
+
+def process_info() -> tuple[int, int]:
+    """(rank, world size) under torchrun / accelerate launch, (0, 1) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    return process_info()[0] == 0
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+@dataclass
+class StageRun:
+    """A stage's in-progress work: where to write, and what the manifest will record."""
+
+    registry: Registry
+    stage: str
+    workdir: Path
+    parents: list[Version]
+    section: dict[str, Any]
+    data_fingerprints: dict[str, str]
+    seed: int
+    resume: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    wandb_run: Any = None  # a live W&B run on the main process when the recipe enables W&B
+
+    def log(self, values: dict[str, Any], step: int | None = None) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.log(values, step=step)
+
+
+def run_stage(recipe: Recipe, registry: Registry, stage: str, section_name: str, parents: list[Version],
+              data_fingerprints: dict[str, str], body: Callable[[StageRun], None], force: bool = False,
+              resume: bool = False) -> Version:
+    """Run ``body`` unless an identical run exists; commit its workdir as the stage's next version.
+
+    A stage's inputs are its parents' content hashes, its recipe section, its data fingerprints and
+    the seed; when they match a finished version, that version is reused (``force`` re-runs).
+    """
+    section = recipe.section(section_name)
+    fingerprint = registry.inputs_fingerprint(parents, section, data_fingerprints, recipe.seed)
+    if not force:
+        reusable = registry.find_reusable(stage, fingerprint)
+        if reusable is not None:
+            log.info("%s: inputs unchanged, reusing %s (pass --force to run again)", stage, reusable.ref)
+            return reusable
+    workdir = registry.workdir(stage, fingerprint)
+    if workdir.exists() and any(workdir.iterdir()) and not resume and is_main_process():
+        log.info("%s: discarding unfinished work in %s (pass --resume to continue it)", stage, workdir.name)
+        import shutil
+
+        shutil.rmtree(workdir)
+    barrier()
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = StageRun(registry, stage, workdir, parents, section, data_fingerprints, recipe.seed, resume)
+    if recipe.wandb.enabled and is_main_process():
+        run.wandb_run = start_wandb(recipe, stage, section)
+    start = time.time()
+    try:
+        body(run)
+        barrier()
+        version = None
+        if is_main_process():
+            version = registry.commit(stage, workdir, parents=parents, recipe_section=section,
+                                      data_fingerprints=data_fingerprints, seed=recipe.seed, metrics=run.metrics,
+                                      wall_time_s=round(time.time() - start, 2),
+                                      extra={"recipe": recipe.name, **run.extra})
+            log.info("%s: wrote %s (%s)", stage, version.ref, version.path)
+            if run.wandb_run is not None:
+                from stages.registry import log_artifact
+
+                log_artifact(version, run.wandb_run)
+    finally:
+        if run.wandb_run is not None:
+            run.wandb_run.finish()
+    barrier()
+    return version if version is not None else registry.latest(stage)
+
+
+def start_wandb(recipe: Recipe, stage: str, section: dict[str, Any]) -> Any:
+    import wandb
+
+    return wandb.init(project=recipe.wandb.project, entity=recipe.wandb.entity, mode=recipe.wandb.mode,
+                      job_type=stage, name=f"{recipe.name}-{stage}", config={"recipe": recipe.name, stage: section},
+                      reinit="finish_previous")

