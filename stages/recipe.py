@@ -191,17 +191,20 @@ def _type_name(tp: Any) -> str:
 class _Builder:
     """Builds a dataclass tree from YAML data, collecting the file/line of every key for errors."""
 
-    def __init__(self, source: str, lines: dict[str, int]):
+    def __init__(self, source: str, lines: dict[str, Any]):
         self.source, self.lines = source, lines
 
     def fail(self, key: str, message: str) -> typing.NoReturn:
         line = self.lines.get(key)
-        where = f"{self.source}, line {line}" if line else self.source
+        if line == "override":
+            where = f"{self.source} (overridden with --set)"
+        else:
+            where = f"{self.source}, line {line}" if line else self.source
         raise RecipeError(f"{where}: key '{key}': {message}")
 
     def build(self, cls: type, data: Any, prefix: str) -> Any:
         if not isinstance(data, dict):
-            self.fail(prefix or "<top>", f"expected a mapping, got {type(data).__name__}")
+            self.fail(prefix.rstrip(".") or "<top>", f"expected a mapping, got {type(data).__name__}")
         hints = typing.get_type_hints(cls)
         names = {f.name: f for f in dataclasses.fields(cls)}
         for key in data:
@@ -317,7 +320,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         where = f"{path}, line {mark.line + 1}" if mark else str(path)
         raise RecipeError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from err
     data = apply_overrides(data, overrides or [])
-    return _Builder(str(path), _key_lines(text)).build(Recipe, data, "")
+    lines: dict[str, Any] = dict(_key_lines(text))
+    for item in overrides or []:
+        lines[".".join(parse_override(item)[0])] = "override"
+    return _Builder(str(path), lines).build(Recipe, data, "")
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "<dict>") -> Recipe:

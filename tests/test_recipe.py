@@ -1,0 +1,94 @@
+"""Recipe schema: defaults from the paper, validation that names the key and line, overrides."""
+from pathlib import Path
+
+import pytest
+
+from stages.recipe import Recipe, RecipeError, describe, dump_recipe, load_recipe, recipe_from_dict
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_paper_defaults():
+    sft = Recipe().sft
+    assert (sft.optim.lr, sft.optim.weight_decay, sft.optim.schedule, sft.epochs) == (2e-5, 0.1, "cosine", 2.0)
+    assert (sft.optim.beta1, sft.optim.beta2, sft.optim.eps, sft.optim.grad_clip) == (0.9, 0.95, 1e-5, 1.0)
+    assert (sft.batch_size, sft.seq_len, sft.packing, sft.train_on) == (64, 4096, True, "all_assistant")
+
+
+@pytest.mark.parametrize("name", ["tiny.yaml", "smollm2-135m.yaml", "llama2-7b.yaml"])
+def test_shipped_recipes_validate(name):
+    recipe = load_recipe(RECIPES / name)
+    assert recipe.name == name.removesuffix(".yaml")
+
+
+def test_unknown_key_names_line_and_suggests(tmp_path):
+    path = write(tmp_path, "name: x\nsft:\n  epochs: 1\n  batch_sze: 8\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert "line 4" in message and "sft.batch_sze" in message and "did you mean 'batch_size'" in message
+
+
+@pytest.mark.parametrize("text, key, expected", [
+    ("sft:\n  epochs: two\n", "sft.epochs", "expected a number"),
+    ("sft:\n  batch_size: 1.5\n", "sft.batch_size", "expected an integer"),
+    ("sft:\n  packing: 1\n", "sft.packing", "expected true or false"),
+    ("sft:\n  optim: {schedule: step}\n", "sft.optim.schedule", "one of 'cosine', 'constant', 'linear'"),
+    ("sft:\n  optim: {lr: -1}\n", "sft.optim.lr", "must be >= 0"),
+    ("sft:\n  lora: {dropout: 2}\n", "sft.lora.dropout", "must be <= 1"),
+    ("model:\n  source: s3\n", "model.source", "one of"),
+    ("sft:\n  data: {source: builtin}\n", "sft.data", "expected a list"),
+    ("sft:\n  data: [{source: builtin, nn: 3}]\n", "sft.data[0].nn", "unknown key"),
+    ("sft: 3\n", "sft", "expected a mapping"),
+])
+def test_bad_values_fail_before_work(tmp_path, text, key, expected):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, text))
+    assert f"key '{key}'" in str(err.value) and expected in str(err.value)
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    with pytest.raises(RecipeError, match=r"r.yaml, line \d+: not valid YAML"):
+        load_recipe(write(tmp_path, "name: x\nsft: [\n"))
+
+
+def test_missing_file_is_clear(tmp_path):
+    with pytest.raises(RecipeError, match="cannot read the recipe"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_dotted_overrides(tmp_path):
+    recipe = load_recipe(write(tmp_path, "sft:\n  epochs: 1\n"), ["sft.optim.lr=1e-5", "sft.lora.enabled=true",
+                                                                  "name=other"])
+    assert recipe.sft.optim.lr == 1e-5 and recipe.sft.lora.enabled is True and recipe.name == "other"
+    with pytest.raises(RecipeError, match="overridden with --set"):
+        load_recipe(write(tmp_path, ""), ["sft.epochs=many"])
+    with pytest.raises(RecipeError, match="KEY=VALUE"):
+        load_recipe(write(tmp_path, ""), ["sft.epochs"])
+
+
+def test_scientific_notation_without_dot_is_a_number(tmp_path):
+    # YAML 1.1 reads "1e-5" as a string; a recipe author means a number
+    assert load_recipe(write(tmp_path, "sft:\n  optim: {lr: 1e-5}\n")).sft.optim.lr == 1e-5
+
+
+def test_show_round_trips_and_hash_tracks_changes():
+    recipe = load_recipe(RECIPES / "tiny.yaml")
+    import yaml
+
+    again = recipe_from_dict(yaml.safe_load(dump_recipe(recipe)))
+    assert again == recipe and again.section_hash("sft") == recipe.section_hash("sft")
+    again.sft.optim.lr *= 2
+    assert again.section_hash("sft") != recipe.section_hash("sft")
+
+
+def test_every_knob_is_documented():
+    lines = describe()
+    assert any(line.startswith("sft.optim.lr = 2e-05") for line in lines)
+    assert all(not line.rstrip().endswith(":") for line in lines), [l for l in lines if l.rstrip().endswith(":")]
