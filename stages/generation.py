@@ -80,8 +80,9 @@ def default_stop_token_ids(tokenizer, model=None) -> list[int]:
     generation_config = getattr(model, "generation_config", None)
     if generation_config is not None:
         add(generation_config.eos_token_id)
-    vocab = tokenizer.get_vocab()
-    add([vocab[token] for token in END_OF_TURN_TOKENS if token in vocab and token in tokenizer.all_special_tokens])
+    special = {added.content: token_id
+               for token_id, added in getattr(tokenizer, "added_tokens_decoder", {}).items() if added.special}
+    add([special[token] for token in END_OF_TURN_TOKENS if token in special])
     if not ids:
         raise ValueError("no stop token: the tokenizer has no eos_token_id; set SamplingConfig.stop_token_ids")
     return ids
@@ -309,7 +310,7 @@ class VLLMEngine:
         self._llms: dict[str, object] = {}
 
     def _llm(self, model, seed: int):
-        if not isinstance(model, (str, bytes)) and hasattr(model, "generate"):
+        if isinstance(model, self._vllm.LLM):
             return model
         path = str(model)
         if path not in self._llms:
