@@ -16,7 +16,7 @@ def answer(model: Any, tokenizer: Any, prompts: list[Conversation], template: st
     from data.templates import render_prompt
     from stages.generation import SamplingConfig, generate
 
-    ids = [render_prompt(tokenizer, p.messages, template) for p in prompts]
+    ids = [render_prompt(tokenizer, p.messages, template).input_ids for p in prompts]
     cfg = SamplingConfig(num_samples=1, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
                          batch_size=batch_size)
     return [samples[0].text for samples in generate(model, tokenizer, ids, cfg)]

@@ -12,8 +12,10 @@ from stages.recipe import RecipeError, describe, dump_recipe, load_recipe
 STAGES = {
     "base": "stages.base",
     "sft": "stages.sft",
+    "reward": "stages.reward",
 }
-ALIASES = {"0": "base", "1": "sft", "stage-0": "base", "stage-1": "sft"}
+ALIASES = {"0": "base", "1": "sft", "2": "reward", "rm": "reward",
+           "stage-0": "base", "stage-1": "sft", "stage-2": "reward"}
 
 
 def stage_module(name: str):
@@ -72,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             print(registry.format_lineage(args.ref))
             return 0
         if args.command == "stage":
-            version = stage_module(args.name).run(recipe, registry, force=args.force, resume=args.resume)
-            print(json.dumps({"version": version.ref, "path": str(version.path)}))
+            result = stage_module(args.name).run(recipe, registry, force=args.force, resume=args.resume)
+            for version in result if isinstance(result, list) else [result]:
+                print(json.dumps({"version": version.ref, "path": str(version.path)}))
             return 0
         if args.command == "pipeline":
             names = list(STAGES)
@@ -81,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                 last = ALIASES.get(args.until, args.until)
                 names = names[:names.index(last) + 1]
             for name in names:
-                version = stage_module(name).run(recipe, registry, force=args.force, resume=args.resume)
-                print(json.dumps({"stage": name, "version": version.ref, "path": str(version.path)}))
+                result = stage_module(name).run(recipe, registry, force=args.force, resume=args.resume)
+                for version in result if isinstance(result, list) else [result]:
+                    print(json.dumps({"stage": name, "version": version.ref, "path": str(version.path)}))
             return 0
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)

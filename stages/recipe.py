@@ -128,6 +128,55 @@ class SFTSection:
     oracle_eval: int = knob(0, "after training, answer this many built-in held-out prompts and judge them", min=0)
 
 
+def _rm_optim() -> OptimSection:
+    # §3.2.2: AdamW as pretraining, max lr 1e-5, cosine down to 10%, warmup 3% of steps (at least 5)
+    return OptimSection(lr=1e-5, schedule="cosine", warmup_ratio=0.03, warmup_min_steps=5, min_lr_ratio=0.1)
+
+
+@dataclass
+class RewardModelSection:
+    """Training settings of one reward model (helpfulness or safety)."""
+
+    data: list[DataSource] = knob(factory=list, doc="this RM's own preference data (all of it is used)")
+    test: list[DataSource] = knob(factory=list, doc="held-out preference data for accuracy per rating")
+    other_data: list[DataSource] = knob(factory=list, doc="other preference data mixed in (open-source sets)")
+
+
+@dataclass
+class RewardSection:
+    """Stage 2: helpfulness and safety reward models with the margin ranking loss (§3.2.2)."""
+
+    parent: str = knob("sft@latest", "registry ref of the chat checkpoint both RMs start from")
+    helpful: RewardModelSection = knob(factory=lambda: RewardModelSection(
+        data=[DataSource(source="builtin", n=2000)], test=[DataSource(source="builtin", n=200, split="test")]),
+        doc="the helpfulness RM's data")
+    safety: RewardModelSection = knob(factory=lambda: RewardModelSection(
+        data=[DataSource(source="builtin", n=2000)], test=[DataSource(source="builtin", n=200, split="test")]),
+        doc="the safety RM's data")
+    margin: Literal["none", "small", "large"] = knob("small", "margin table m(rating) in the loss (Table 27)")
+    safety_aux_loss: bool = knob(False, "add BCE of sigmoid(score) against safe/unsafe labels (our reading of "
+                                        "the paper's unstated safety auxiliary loss)")
+    safety_aux_weight: float = knob(1.0, "weight of the safety auxiliary loss", min=0.0)
+    helpful_mix_ratio: float = knob(1.0, "helpfulness RM: extra pairs sampled uniformly from safety and other "
+                                         "data, as a multiple of the helpfulness data (paper: equal amount)", min=0.0)
+    safety_mix_helpful_share: float = knob(0.1, "safety RM: share of helpfulness pairs in its mix (paper: 90/10)",
+                                           min=0.0, max=0.99)
+    drop_unsafe_chosen: bool = knob(True, "drop pairs whose chosen answer is unsafe and rejected is safe")
+    epochs: float = knob(1.0, "passes over the mixed data (paper: 1; more overfits)", "epochs", min=0.0)
+    max_steps: int | None = knob(None, "stop after this many optimizer steps", "steps", min=1)
+    batch_size: int = knob(512, "preference pairs per optimizer step", "pairs", min=1)
+    micro_batch_size: int = knob(8, "pairs per forward pass on one process (chosen+rejected in one pass)",
+                                 "pairs", min=1)
+    max_length: int = knob(1024, "tokens of prompt + answer; longer prompts lose their oldest tokens", "tokens",
+                           min=8)
+    optim: OptimSection = knob(factory=_rm_optim, doc="optimizer and schedule (§3.2.2)")
+    lora: LoraSection = knob(factory=LoraSection, doc="LoRA instead of full fine-tuning")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = knob("auto", "auto = bf16 on a GPU that has it, else fp32")
+    gradient_checkpointing: bool = knob(False, "recompute activations to save memory")
+    checkpoint_every: int = knob(50, "save a resumable training checkpoint every N steps", "steps", min=1)
+    eval_every: int = knob(50, "held-out loss and accuracy every N steps", "steps", min=1)
+
+
 @dataclass
 class EvalSection:
     oracle_prompts: int = knob(0, "built-in held-out prompts answered greedily and judged by the oracle "
@@ -151,6 +200,7 @@ class Recipe:
     runs_dir: str = knob("runs", "where the registry keeps versions (relative to the working directory)")
     model: ModelSection = knob(factory=ModelSection, doc="stage 0: base model")
     sft: SFTSection = knob(factory=SFTSection, doc="stage 1: supervised fine-tuning")
+    reward: RewardSection = knob(factory=RewardSection, doc="stage 2: helpfulness and safety reward models")
     eval: EvalSection = knob(factory=EvalSection, doc="evaluation shared by stages")
     wandb: WandbSection = knob(factory=WandbSection, doc="experiment tracking")
 

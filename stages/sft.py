@@ -18,23 +18,16 @@ log = logging.getLogger("chatalign.sft")
 
 
 def tokenize(conversations: list[Conversation], tokenizer: Any, template: str, train_on: str,
-             max_length: int) -> tuple[list[dict], dict[str, int]]:
-    """Token ids and answer-only labels; counts examples cut by max_length or left with no answer."""
-    from data.templates import encode_conversation
+             max_length: int) -> tuple[list[dict], dict[str, Any]]:
+    """Token ids and answer-only labels; reports examples cut by max_length or left with no answer."""
+    from data.templates import encode_conversations
 
-    examples, truncated, dropped = [], 0, 0
-    for conv in conversations:
-        enc = encode_conversation(tokenizer, conv.messages, template=template, train_on=train_on,
-                                  max_length=max_length)
-        truncated += int(bool(enc.get("truncated")))
-        if not any(label != -100 for label in enc["labels"][1:]):
-            dropped += 1  # nothing left to learn from: its answer was cut off entirely
-            continue
-        examples.append({"input_ids": enc["input_ids"], "labels": enc["labels"]})
-    if dropped:
+    examples, report = encode_conversations(tokenizer, conversations, template=template, train_on=train_on,
+                                            max_length=max_length)
+    if report.untrainable:
         log.warning("%d of %d examples have no answer token within %d tokens and are not trained on",
-                    dropped, len(conversations), max_length)
-    return examples, {"examples": len(conversations), "truncated": truncated, "dropped_no_answer": dropped}
+                    len(report.untrainable), report.total, max_length)
+    return [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples], report.to_dict()
 
 
 def prepare_examples(conversations: list[Conversation], tokenizer: Any, section: SFTSection, template: str,
