@@ -6,7 +6,9 @@ import importlib
 import json
 import sys
 
+from data.records import DataError
 from stages.recipe import RecipeError, describe, dump_recipe, load_recipe
+from stages.registry import RegistryError
 
 # Stage name -> module with run(recipe, registry, force, resume). Order is the pipeline's.
 STAGES = {
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 for version in result if isinstance(result, list) else [result]:
                     print(json.dumps({"stage": name, "version": version.ref, "path": str(version.path)}))
             return 0
-    except RecipeError as err:
+    except (RecipeError, RegistryError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 1

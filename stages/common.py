@@ -96,7 +96,7 @@ def run_stage(recipe: Recipe, registry: Registry, stage: str, section_name: str,
             version = registry.commit(stage, workdir, parents=parents, recipe_section=section,
                                       data_fingerprints=data_fingerprints, seed=recipe.seed, metrics=run.metrics,
                                       wall_time_s=round(time.time() - start, 2),
-                                      extra={"recipe": recipe.name, **run.extra})
+                                      extra=run.extra)
             log.info("%s: wrote %s (%s)", stage, version.ref, version.path)
             if run.wandb_run is not None:
                 from stages.registry import log_artifact
