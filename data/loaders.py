@@ -1,7 +1,8 @@
 """Load conversations and preference pairs from local files or the Hugging Face Hub; write and fingerprint them.
 
 Every row is converted or the load fails with a DataError naming the file and the line (JSONL) or the
-row (other formats, 1-based, header excluded): a bad row is never dropped.
+row (other formats, 1-based, header excluded): a bad row is never dropped. Only a well-formed row that
+its format filters out by rule (a converter returns None, e.g. a PandaLM tie) is left out.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import csv
 import gzip
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -25,6 +27,7 @@ _CSV_BOOL = {"true": True, "false": False, "1": True, "0": False}
 Record = TypeVar("Record", Conversation, Preference)
 # (row, source, line): line is set for JSONL; for other formats the source already says "row N".
 Located = tuple[Any, str, int | None]
+log = logging.getLogger("chatalign.data")
 
 
 def _suffix(path: Path) -> str:
@@ -143,10 +146,18 @@ def _load(convert: Callable[..., Record], path_or_hub: str | os.PathLike, split:
     records: list[Record] = []
     if limit == 0:
         return records
+    filtered = 0
     for row, source, line in iter_rows(path_or_hub, split, limit, hub_kwargs):
-        records.append(convert(row, format=format, source=source, line=line))
+        record = convert(row, format=format, source=source, line=line)
+        if record is None:
+            filtered += 1  # left out by the format's rule (see data/converters.py), not malformed
+            continue
+        records.append(record)
         if len(records) == limit:
             break  # stop reading: rows past the limit are neither parsed nor checked
+    if filtered:
+        log.info("%s: %d rows left out by the rules of format %r (docs/DATA.md), %d kept",
+                 path_or_hub, filtered, format, len(records))
     return records
 
 

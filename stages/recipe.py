@@ -62,6 +62,12 @@ class ModelSection:
     tiny: TinyModel = knob(factory=TinyModel, doc="sizes of the tiny random model (source: tiny)")
 
 
+# Row formats the converters in data/converters.py know (tests keep the two lists equal).
+DataFormat = Literal["auto", "messages", "prompt_completion", "prompt", "hh", "preference", "prompt_chosen_rejected",
+                     "implicit_prompt", "pandalm", "pandalm_keep_ties", "pku_helpful", "pku_safety",
+                     "ultrafeedback", "ultrafeedback_keep_ties"]
+
+
 @dataclass
 class DataSource:
     """One input of a stage's data mixture."""
@@ -70,8 +76,7 @@ class DataSource:
                                   "(.jsonl/.json/.parquet/.csv) or 'hub:<dataset id>'")
     n: int | None = knob(None, "examples to take (builtin: to generate); null = all", min=1)
     split: str = knob("train", "split: builtin train/heldout/test, or the hub split")
-    format: Literal["auto", "messages", "prompt_completion", "hh", "preference"] = knob(
-        "auto", "row format; auto detects it from the keys")
+    format: DataFormat = knob("auto", "row format (see docs/DATA.md); auto detects it from the keys")
 
 
 @dataclass

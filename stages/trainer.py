@@ -139,8 +139,12 @@ def make_accelerator(settings: TrainSettings, grad_accum: int) -> Any:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    # Without cpu=True accelerate ignores torchrun's world size on a machine with no GPU; with it,
+    # accelerate turns DeepSpeed off, which does run on CPU (gloo), so DeepSpeed launches keep it False.
+    use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     accelerator = Accelerator(mixed_precision=resolve_precision(settings.precision),
-                              gradient_accumulation_steps=grad_accum)
+                              gradient_accumulation_steps=grad_accum,
+                              cpu=not torch.cuda.is_available() and not use_deepspeed)
     ds = AcceleratorState().deepspeed_plugin
     if ds is not None:  # no dataloader goes through prepare(), so tell DeepSpeed the batch sizes
         ds.deepspeed_config["train_micro_batch_size_per_gpu"] = settings.micro_batch_size

@@ -92,3 +92,12 @@ def test_every_knob_is_documented():
     lines = describe()
     assert any(line.startswith("sft.optim.lr = 2e-05") for line in lines)
     assert all(not line.rstrip().endswith(":") for line in lines), [l for l in lines if l.rstrip().endswith(":")]
+
+
+def test_recipe_formats_match_the_converters():
+    import typing
+
+    from data.converters import CONVERSATION_FORMATS, PREFERENCE_FORMATS
+    from stages.recipe import DataFormat
+
+    assert set(typing.get_args(DataFormat)) == {"auto", *CONVERSATION_FORMATS, *PREFERENCE_FORMATS}

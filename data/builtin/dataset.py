@@ -1,0 +1,209 @@
+"""Assembles the built-in data: demonstrations (``build``), prompts for sampling and evaluation
+(``prompts``) and graded preference pairs for the two reward models (``preference_pairs``)."""
+from __future__ import annotations
+
+import random
+from typing import Callable, Mapping, Sequence
+
+from ..records import Conversation, Preference
+from . import oracle
+from .helpful import TASKS
+from .items import Item
+from .safety import CATEGORIES, SUBCATEGORIES, borderline, harmful
+from .splits import check_split
+
+KINDS = ("helpful", "harmful", "borderline")
+DEFAULT_MIX = {"helpful": 0.70, "harmful": 0.15, "borderline": 0.15}
+
+Sampler = Callable[[random.Random, str], Item]
+
+
+def _leaves(name: str) -> dict[str, Sampler]:
+    """The generators a mix key stands for: a kind, a helpful task, a risk category or subcategory."""
+    if name == "helpful":
+        return dict(TASKS)
+    if name in TASKS:
+        return {name: TASKS[name]}
+    if name == "harmful":
+        subs = sorted(SUBCATEGORIES)
+    elif name in CATEGORIES:
+        subs = list(CATEGORIES[name])
+    elif name in SUBCATEGORIES:
+        subs = [name]
+    elif name == "borderline":
+        return {"borderline": borderline}
+    else:
+        known = [*KINDS, *TASKS, *CATEGORIES, *sorted(SUBCATEGORIES)]
+        raise ValueError(f"builtin mix: unknown key {name!r}; expected one of {known}")
+    return {f"harmful/{s}": (lambda rng, split, s=s: harmful(rng, split, s)) for s in subs}
+
+
+def _apportion(n: int, weights: Mapping[str, float], rng: random.Random) -> dict[str, int]:
+    """Split n into integer counts proportional to weights (largest remainder; ties by a seeded order)."""
+    total = sum(weights.values())
+    if total <= 0 or any(w < 0 for w in weights.values()):
+        raise ValueError(f"builtin mix: weights must be >= 0 with a positive sum, got {dict(weights)}")
+    names = list(weights)
+    rng.shuffle(names)
+    exact = {k: n * weights[k] / total for k in names}
+    counts = {k: int(exact[k]) for k in names}
+    for k in sorted(names, key=lambda k: exact[k] - counts[k], reverse=True)[: n - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def _items(split: str, n: int, seed: int, mix: Mapping[str, float] | None, purpose: str) -> list[Item]:
+    """n items for a split, spread over the mix's generators, without repeated prompts while the
+    split's pools allow, in a seeded random order."""
+    check_split(split)
+    if n < 0:
+        raise ValueError(f"builtin: n must be >= 0, got {n}")
+    rng = random.Random(f"builtin:{purpose}:{split}:{seed}")
+    leaves: dict[str, float] = {}
+    for name, weight in (mix or DEFAULT_MIX).items():
+        generators = _leaves(name)
+        for leaf in generators:
+            leaves[leaf] = leaves.get(leaf, 0.0) + weight / len(generators)
+    samplers = {leaf: fn for name in (mix or DEFAULT_MIX) for leaf, fn in _leaves(name).items()}
+    seen: set[str] = set()
+    items = []
+    for leaf, count in sorted(_apportion(n, leaves, rng).items()):
+        attempts = 30  # draws to find an unseen prompt; once a pool runs dry, repeats are accepted
+        for _ in range(count):
+            for _attempt in range(attempts):
+                item = samplers[leaf](rng, split)
+                if item.prompt not in seen:
+                    break
+            else:
+                attempts = 1
+            seen.add(item.prompt)
+            items.append(item)
+    rng.shuffle(items)
+    return items
+
+
+def _meta(item: Item, split: str, seed: int, index: int, prefix: str) -> dict:
+    return {"id": f"builtin-{prefix}{split}-s{seed}-{index:05d}", "source": "builtin", "split": split, **item.meta}
+
+
+def _mix_for(kinds: Sequence[str] | None, mix: Mapping[str, float] | None) -> Mapping[str, float] | None:
+    if mix is not None or kinds is None:
+        return mix
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"builtin: unknown kinds {unknown}; expected some of {KINDS} (use mix= for finer control)")
+    return {k: DEFAULT_MIX[k] for k in kinds}
+
+
+def build(split: str, n: int, seed: int, mix: Mapping[str, float] | None = None) -> list[Conversation]:
+    """n demonstrations (user prompt + reference assistant answer) for a split.
+
+    ``mix`` maps kinds ("helpful", "harmful", "borderline"), helpful task names, risk categories or
+    subcategories to weights; default DEFAULT_MIX (70% helpful, 15% harmful, 15% borderline).
+    """
+    items = _items(split, n, seed, mix, "items")
+    pick = random.Random(f"builtin:answers:{split}:{seed}")
+    out = []
+    for i, item in enumerate(items):
+        answer = pick.choice(item.variants["reference"])
+        meta = {**_meta(item, split, seed, i, ""), "reference": answer}
+        out.append(Conversation(messages=[{"role": "user", "content": item.prompt},
+                                          {"role": "assistant", "content": answer}], meta=meta))
+    return out
+
+
+def prompts(split: str, n: int, seed: int, kinds: Sequence[str] | None = None,
+            mix: Mapping[str, float] | None = None) -> list[Conversation]:
+    """n prompts (conversations ending with the user turn) whose meta carries what the oracle needs
+    and a ``reference`` answer. With the same seed and mix, the prompts are those of ``build``."""
+    items = _items(split, n, seed, _mix_for(kinds, mix), "items")
+    return [Conversation(messages=[{"role": "user", "content": item.prompt}],
+                         meta={**_meta(item, split, seed, i, ""), "reference": item.variants["reference"][0]})
+            for i, item in enumerate(items)]
+
+
+# ---------------------------------------------------------------- preference pairs
+HELPFUL_REFUSALS = ("I'm sorry, but I can't help with that.", "I cannot answer that question.",
+                    "Sorry, I'm not able to help with this request.")
+# Padding that adds words but no content: no numbers, number words, names or list items.
+PADDING_INTROS = ("Great question! Let me think about this carefully for you.",
+                  "Sure thing, I would be happy to help you with this question.",
+                  "That's a really good question, so let's work through it together.")
+PADDING_OUTROS = ("I hope this helps, and let me know if you have any other questions!",
+                  "Feel free to ask if you would like me to explain anything else about it.",
+                  "Let me know if there is anything else I can help you with today!")
+
+# pair type -> (variant of the chosen answer, variant of the rejected answer); the rating then
+# follows from the oracle's score gap, e.g. correct vs refusal -> significantly better.
+HELPFUL_PAIR_TYPES = {
+    "correct_vs_refusal": ("reference", "helpful_refusal"),
+    "correct_vs_wrong": ("reference", "wrong"),
+    "concise_vs_padded": ("reference", "padded"),
+    "paraphrase_vs_paraphrase": ("reference", "reference"),
+}
+# The paper's three safety bins, each with its pair types (borderline prompts give both-safe pairs
+# where the helpful answer beats a needless refusal).
+SAFETY_BINS = {
+    "both_safe": {"safe_vs_refusal": ("reference", "refusal"), "safe_vs_safe": ("reference", "reference"),
+                  "helpful_vs_refusal": ("reference", "refusal")},
+    "one_safe": {"safe_vs_unsafe": ("reference", "unsafe_any"), "refusal_vs_unsafe": ("refusal", "unsafe_any")},
+    "both_unsafe": {"hedged_vs_unsafe": ("unsafe_hedged", "unsafe"), "unsafe_vs_unsafe": ("unsafe", "unsafe")},
+}
+
+
+def _answer(item: Item, variant: str, rng: random.Random, avoid: str | None = None) -> str:
+    if variant == "helpful_refusal":
+        return rng.choice(HELPFUL_REFUSALS)
+    if variant == "padded":
+        return f"{rng.choice(PADDING_INTROS)} {rng.choice(item.variants['reference'])} {rng.choice(PADDING_OUTROS)}"
+    if variant == "unsafe_any":
+        variant = rng.choice(["unsafe", "unsafe_hedged"])
+    options = [a for a in item.variants[variant] if a != avoid] or item.variants[variant]
+    return rng.choice(options)
+
+
+def preference_pairs(kind: str, split: str, n: int, seed: int) -> list[Preference]:
+    """n graded preference pairs for the helpfulness ("helpful") or safety ("safety") reward model.
+
+    Pair types are spread evenly (see HELPFUL_PAIR_TYPES, SAFETY_BINS); ``rating`` comes from the
+    oracle's score gap (oracle.rating_from_gap), chosen_safe/rejected_safe from the oracle's verdict,
+    and meta carries the prompt's oracle keys plus pair_type, safety_bin and both scores.
+    """
+    if kind not in ("helpful", "safety"):
+        raise ValueError(f"preference_pairs: kind must be 'helpful' or 'safety', got {kind!r}")
+    rng = random.Random(f"builtin:pairs:{kind}:{split}:{seed}")
+    plan: list[tuple[str | None, str, tuple[str, str]]] = []  # (safety bin, pair type, variants)
+    for i in range(n):
+        if kind == "helpful":
+            pair_type = list(HELPFUL_PAIR_TYPES)[i % 4]
+            plan.append((None, pair_type, HELPFUL_PAIR_TYPES[pair_type]))
+        else:
+            safety_bin = list(SAFETY_BINS)[i % 3]
+            types = list(SAFETY_BINS[safety_bin])
+            pair_type = types[(i // 3) % len(types)]
+            plan.append((safety_bin, pair_type, SAFETY_BINS[safety_bin][pair_type]))
+    if kind == "helpful":
+        items = _items(split, n, seed, {"helpful": 1.0}, "pairs-helpful")
+    else:
+        n_borderline = sum(1 for _, t, _ in plan if t == "helpful_vs_refusal")
+        harmful_items = iter(_items(split, n - n_borderline, seed, {"harmful": 1.0}, "pairs-safety"))
+        borderline_items = iter(_items(split, n_borderline, seed, {"borderline": 1.0}, "pairs-borderline"))
+        items = [next(borderline_items) if t == "helpful_vs_refusal" else next(harmful_items) for _, t, _ in plan]
+
+    pairs = []
+    for i, ((safety_bin, pair_type, (chosen_variant, rejected_variant)), item) in enumerate(zip(plan, items)):
+        chosen = _answer(item, chosen_variant, rng)
+        rejected = _answer(item, rejected_variant, rng, avoid=chosen)
+        chosen_verdict, rejected_verdict = oracle.judge(item.meta, chosen), oracle.judge(item.meta, rejected)
+        gap = chosen_verdict["score"] - rejected_verdict["score"]
+        # answers to a benign prompt are safe whatever they say; harmful ones as the oracle judges
+        chosen_safe = True if chosen_verdict["safe"] is None else chosen_verdict["safe"]
+        rejected_safe = True if rejected_verdict["safe"] is None else rejected_verdict["safe"]
+        if safety_bin and (chosen_safe + rejected_safe) != {"both_safe": 2, "one_safe": 1, "both_unsafe": 0}[safety_bin]:
+            raise AssertionError(f"builtin pair {pair_type}: oracle safety verdicts do not match bin {safety_bin}")
+        meta = {**_meta(item, split, seed, i, f"pair-{kind}-"), "pair_type": pair_type, "safety_bin": safety_bin,
+                "chosen_score": chosen_verdict["score"], "rejected_score": rejected_verdict["score"]}
+        pairs.append(Preference(prompt=[{"role": "user", "content": item.prompt}], chosen=chosen, rejected=rejected,
+                                rating=oracle.rating_from_gap(gap), chosen_safe=chosen_safe,
+                                rejected_safe=rejected_safe, meta=meta))
+    return pairs

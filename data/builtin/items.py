@@ -1,0 +1,20 @@
+"""The unit every built-in generator returns: one prompt, the oracle's keys, and graded answers."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Answer variants an item may carry, best first. "reference" holds paraphrases of the best answer
+# (two or more for helpful and harmful items), all judged correct/safe by the oracle; the others
+# are what preference pairs are built from.
+#   helpful:    reference, wrong (slightly wrong attempt)
+#   harmful:    reference (concern, refusal, risks, resources), refusal (bare refusal),
+#               unsafe_hedged (complies with a warning), unsafe (complies eagerly)
+#   borderline: reference (helpful answer)
+
+
+@dataclass
+class Item:
+    prompt: str
+    meta: dict[str, Any]  # kind, task, is_safety, category, item (split key), and the keys the oracle checks
+    variants: dict[str, list[str]] = field(default_factory=dict)
