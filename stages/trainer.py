@@ -141,9 +141,15 @@ def make_accelerator(settings: TrainSettings, grad_accum: int) -> Any:
 
     # Without cpu=True accelerate ignores torchrun's world size on a machine with no GPU; with it,
     # accelerate turns DeepSpeed off, which does run on CPU (gloo), so DeepSpeed launches keep it False.
+    # DeepSpeed on CPU also needs the gloo backend named, or accelerate counts one process.
     use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    handlers = []
+    if use_deepspeed and not torch.cuda.is_available():
+        from accelerate.utils import InitProcessGroupKwargs
+
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
     accelerator = Accelerator(mixed_precision=resolve_precision(settings.precision),
-                              gradient_accumulation_steps=grad_accum,
+                              gradient_accumulation_steps=grad_accum, kwargs_handlers=handlers,
                               cpu=not torch.cuda.is_available() and not use_deepspeed)
     ds = AcceleratorState().deepspeed_plugin
     if ds is not None:  # no dataloader goes through prepare(), so tell DeepSpeed the batch sizes

@@ -1,0 +1,171 @@
+"""Stages 0 and 1 end to end on the tiny recipe: registry versions, reuse, LoRA, kill and resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stages.cli import main
+from stages.recipe import load_recipe
+from stages.registry import Registry
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = str(ROOT / "recipes" / "tiny.yaml")
+# Unpacked, so the run has enough steps (32) to be killed part-way.
+LONG = ["sft.packing=false", "sft.checkpoint_every=4", "sft.eval_every=8"]
+
+
+def cli(tmp_path: Path, *args: str, overrides: list[str] = ()) -> int:
+    sets = [x for o in [f"runs_dir={tmp_path}", *overrides] for x in ("--set", o)]
+    return main([*args, "--recipe", TINY, *sets])
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_base_and_sft_write_versions_with_lineage(tmp_path, capsys):
+    assert cli(tmp_path, "stage", "base") == 0
+    assert cli(tmp_path, "stage", "sft") == 0
+    registry = Registry(tmp_path / "tiny")
+    sft = registry.resolve("sft@latest")
+    manifest = json.loads((sft.path / "manifest.json").read_text())
+    base = registry.resolve("base@v1")
+    assert manifest["parents"][0]["id"] == "base/v1"
+    assert manifest["parents"][0]["content_hash"] == base.content_hash
+    assert manifest["status"] == "complete" and manifest["seed"] == 0
+    assert manifest["recipe_section"] == load_recipe(TINY).section("sft")
+    assert set(manifest["data_fingerprints"]) == {"train", "heldout"}
+    metrics = manifest["metrics"]
+    assert metrics["heldout_loss"] < metrics["initial_heldout_loss"]  # the tiny model does learn
+    assert not (sft.path / "checkpoints").exists()
+    # an ordinary HF checkpoint
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(str(sft.path))
+    assert AutoTokenizer.from_pretrained(str(sft.path)).pad_token_id != AutoTokenizer.from_pretrained(
+        str(sft.path)).eos_token_id
+    capsys.readouterr()
+    assert cli(tmp_path, "lineage", "sft@latest") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("sft/v1") and out[1].strip().startswith("base/v1")
+
+    # unchanged inputs reuse the version; --force or a changed knob makes a new one
+    assert cli(tmp_path, "stage", "sft") == 0
+    assert [v.number for v in registry.versions("sft")] == [1]
+    assert cli(tmp_path, "stage", "sft", overrides=["sft.optim.lr=5e-4"]) == 0
+    assert [v.number for v in registry.versions("sft")] == [1, 2]
+    assert cli(tmp_path, "stage", "sft", "--force", overrides=["sft.optim.lr=5e-4"]) == 0
+    assert [v.number for v in registry.versions("sft")] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_lora_sft_saves_adapter_with_base_reference(tmp_path):
+    assert cli(tmp_path, "stage", "base") == 0
+    assert cli(tmp_path, "stage", "sft", overrides=["sft.lora.enabled=true", "sft.lora.r=4",
+                                                    "sft.optim.lr=1e-2"]) == 0
+    registry = Registry(tmp_path / "tiny")
+    sft = registry.resolve("sft@latest")
+    assert (sft.path / "adapter_config.json").exists() and not (sft.path / "model.safetensors").exists()
+    assert json.loads((sft.path / "base_ref.json").read_text())["id"] == "base/v1"
+    from stages.checkpoint import load_causal_lm
+
+    merged = load_causal_lm(sft.path, registry)
+    base = load_causal_lm(registry.resolve("base@v1").path)
+    changed = [n for n, p in merged.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert any("q_proj" in n for n in changed) and not any("norm" in n for n in changed)
+
+
+def run_cli_process(tmp_path: Path, *args: str) -> subprocess.Popen:
+    sets = [x for o in [f"runs_dir={tmp_path}", *LONG] for x in ("--set", o)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "stages", *args, "--recipe", TINY, *sets], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_killed_stage_never_resolves_and_resume_matches_uninterrupted_run(tmp_path):
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    for root in (killed, straight):
+        assert main(["stage", "base", "--recipe", TINY, "--set", f"runs_dir={root}"]) == 0
+
+    # an uninterrupted run
+    proc = run_cli_process(straight, "stage", "sft")
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+
+    # the same run killed (SIGKILL: no cleanup) right after its first training checkpoint
+    proc = run_cli_process(killed, "stage", "sft")
+    work = killed / "tiny" / "sft"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(work.glob(".work-*/checkpoints/step-*/trainer_state.json")):
+        assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.stdout.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    registry = Registry(killed / "tiny")
+    assert registry.latest("sft") is None
+    with pytest.raises(LookupError):
+        registry.resolve("sft@latest")
+
+    # --resume continues from the checkpoint and ends where the uninterrupted run ended
+    proc = run_cli_process(killed, "stage", "sft", "--resume")
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    assert "resumed from step-" in out
+    resumed = registry.resolve("sft@latest")
+    reference = Registry(straight / "tiny").resolve("sft@latest")
+    a, b = weights(resumed.path), weights(reference.path)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    hist_a = json.loads((resumed.path / "manifest.json").read_text())["metrics"]["history"]
+    hist_b = json.loads((reference.path / "manifest.json").read_text())["metrics"]["history"]
+    assert [round(h["train_loss"], 6) for h in hist_a[1:]] == [round(h["train_loss"], 6) for h in hist_b[1:]]
+
+
+def test_loss_ignores_prompt_positions():
+    """Changing what the model predicts at a prompt position must not change the loss; at an answer position it must."""
+    from data.packing import collate
+    from data.templates import encode_conversation
+    from stages.tiny import build_tiny_model, build_tiny_tokenizer
+    from stages.trainer import causal_lm_loss
+
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model(tok)
+    enc = encode_conversation(tok, [{"role": "user", "content": "What is 2 + 3?"},
+                                    {"role": "assistant", "content": "2 + 3 = 5."}])
+    batch = collate([{"input_ids": enc["input_ids"], "labels": enc["labels"]}], tok.pad_token_id)
+    labels = batch["labels"][0]
+    # logits at position t predict labels[t + 1]
+    prompt_pos = [t for t in range(len(labels) - 1) if labels[t + 1] == -100]
+    answer_pos = [t for t in range(len(labels) - 1) if labels[t + 1] != -100]
+    assert prompt_pos and answer_pos
+
+    class Perturbed(torch.nn.Module):
+        def __init__(self, positions):
+            super().__init__()
+            self.positions = positions
+
+        def forward(self, **inputs):
+            out = model(**inputs)
+            logits = out.logits.clone()
+            logits[0, self.positions] += torch.randn_like(logits[0, self.positions]) * 10
+            out.logits = logits
+            return out
+
+    with torch.no_grad():
+        base_loss, units, _ = causal_lm_loss(model, batch)
+        prompt_loss, _, _ = causal_lm_loss(Perturbed(prompt_pos), batch)
+        answer_loss, _, _ = causal_lm_loss(Perturbed(answer_pos[:1]), batch)
+    assert int(units) == len(answer_pos)
+    assert torch.equal(base_loss, prompt_loss)
+    assert not torch.allclose(base_loss, answer_loss)
