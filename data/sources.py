@@ -7,6 +7,13 @@ from data.records import Conversation, Preference
 from stages.recipe import DataSource, RecipeError
 
 
+def _location(src: DataSource) -> tuple[str, str | None]:
+    """(path or hub id, split): a local file has no splits, a hub dataset does."""
+    if src.source.startswith("hub:"):
+        return src.source[len("hub:"):], src.split
+    return src.source, None
+
+
 def load_conversations(sources: list[DataSource], seed: int, key: str) -> list[Conversation]:
     """Concatenate every source's conversations; ``key`` names the recipe field for errors."""
     from data import loaders
@@ -18,9 +25,9 @@ def load_conversations(sources: list[DataSource], seed: int, key: str) -> list[C
 
             records.extend(builtin.build(split=src.split, n=src.n or 1000, seed=seed))
         else:
-            path = src.source[len("hub:"):] if src.source.startswith("hub:") else src.source
+            path, split = _location(src)
             try:
-                records.extend(loaders.load_conversations(path, split=src.split, format=src.format, limit=src.n))
+                records.extend(loaders.load_conversations(path, split=split, format=src.format, limit=src.n))
             except FileNotFoundError as err:
                 raise RecipeError(f"{key}[{i}].source: no such file '{src.source}'") from err
     return records
@@ -36,9 +43,9 @@ def load_preferences(sources: list[DataSource], seed: int, key: str, kind: str =
 
             records.extend(builtin.preference_pairs(kind=kind, split=src.split, n=src.n or 1000, seed=seed))
         else:
-            path = src.source[len("hub:"):] if src.source.startswith("hub:") else src.source
+            path, split = _location(src)
             try:
-                records.extend(loaders.load_preferences(path, split=src.split, format=src.format, limit=src.n))
+                records.extend(loaders.load_preferences(path, split=split, format=src.format, limit=src.n))
             except FileNotFoundError as err:
                 raise RecipeError(f"{key}[{i}].source: no such file '{src.source}'") from err
     return records

@@ -6,6 +6,7 @@ file, line and key, and what is allowed. Dotted overrides (``sft.lr=1e-5``) appl
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -229,6 +230,14 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -257,7 +266,9 @@ class _Builder:
             where = f"{self.source}, line {line}" if line else self.source
         raise RecipeError(f"{where}: key '{key}': {message}")
 
-    def build(self, cls: type, data: Any, prefix: str) -> Any:
+    def build(self, cls: type, data: Any, prefix: str, base: Any = None) -> Any:
+        """``cls`` from ``data``; keys not given keep the values of ``base`` (the field's own default),
+        so `optim: {lr: 1e-6}` keeps the rest of a stage's paper schedule rather than generic defaults."""
         if not isinstance(data, dict):
             self.fail(prefix.rstrip(".") or "<top>", f"expected a mapping, got {type(data).__name__}")
         hints = typing.get_type_hints(cls)
@@ -270,13 +281,16 @@ class _Builder:
         values = {}
         for name, f in names.items():
             if name in data:
-                values[name] = self.convert(hints[name], data[name], f"{prefix}{name}", f.metadata)
+                default = getattr(base, name) if base is not None else _field_default(f)
+                values[name] = self.convert(hints[name], data[name], f"{prefix}{name}", f.metadata, default)
+            elif base is not None:
+                values[name] = copy.deepcopy(getattr(base, name))
         return cls(**values)
 
-    def convert(self, tp: Any, value: Any, key: str, meta: Any = None) -> Any:
+    def convert(self, tp: Any, value: Any, key: str, meta: Any = None, default: Any = None) -> Any:
         origin = typing.get_origin(tp)
         if dataclasses.is_dataclass(tp):
-            return self.build(tp, value, key + ".")
+            return self.build(tp, value, key + ".", default if dataclasses.is_dataclass(default) else None)
         if origin in (typing.Union, types.UnionType):
             args = typing.get_args(tp)
             if value is None and type(None) in args:

@@ -101,3 +101,24 @@ def test_recipe_formats_match_the_converters():
     from stages.recipe import DataFormat
 
     assert set(typing.get_args(DataFormat)) == {"auto", *CONVERSATION_FORMATS, *PREFERENCE_FORMATS}
+
+
+def test_partial_nested_section_keeps_the_stage_defaults(tmp_path):
+    # the reward models' schedule (warmup 3%, min 5 steps, cosine to 10%) survives setting only lr
+    recipe = load_recipe(write(tmp_path, "reward:\n  optim: {lr: 2.0e-5}\n"))
+    optim = recipe.reward.optim
+    assert (optim.lr, optim.warmup_ratio, optim.warmup_min_steps, optim.min_lr_ratio) == (2e-5, 0.03, 5, 0.1)
+    assert Recipe().sft.optim.warmup_min_steps == 0  # and SFT keeps its own
+
+
+def test_local_file_source_loads(tmp_path):
+    import json
+
+    from data.sources import load_conversations
+    from stages.recipe import DataSource
+
+    path = tmp_path / "demo.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "hello"}]}) + "\n")
+    records = load_conversations([DataSource(source=str(path))], seed=0, key="sft.data")
+    assert records[0].messages[-1]["content"] == "hello"

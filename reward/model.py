@@ -1,0 +1,205 @@
+"""The reward model (Llama 2 §3.2.2): the chat checkpoint with its LM head replaced by a scalar head.
+
+The RM is the architecture's own ``*ForSequenceClassification`` class with ``num_labels=1``, which
+reads the score at the last non-pad token. A saved RM therefore loads and scores unchanged with
+``AutoModelForSequenceClassification.from_pretrained(rm_dir)``, which is what TRL and OpenRLHF users
+do. This module also turns preference pairs into token ids and gives the Trainer its collate and
+loss functions: chosen and rejected answers of a micro-batch go through the model in one pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from data.records import Preference
+from reward.loss import margins_for, ranking_loss, safety_auxiliary_loss
+
+Messages = list[dict[str, str]]
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+def reward_model_from_causal_lm(causal_lm: Any, pad_token_id: int | None = None, seed: int = 0) -> Any:
+    """A ``*ForSequenceClassification`` (num_labels=1) with the causal LM's backbone weights.
+
+    The score head is a fresh linear layer without bias, drawn from N(0, 1/(hidden+1)^2): at that
+    scale the initial scores are close to 0, so the first steps are driven by the ranking signal and
+    the margins rather than by a random offset between answers.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    config = causal_lm.config.__class__.from_dict(causal_lm.config.to_dict())
+    config.num_labels = 1
+    config.problem_type = "regression"  # one real-valued score, not a one-class softmax
+    if pad_token_id is not None:
+        config.pad_token_id = pad_token_id
+    if getattr(config, "pad_token_id", None) is None:
+        raise ValueError("the reward model needs config.pad_token_id to find the last real token of a padded "
+                         "sequence; import the base model with stage 0, which sets a pad distinct from eos")
+    dtype = next(causal_lm.parameters()).dtype
+    model = AutoModelForSequenceClassification.from_config(config, dtype=dtype)
+    model.config.architectures = [type(model).__name__]
+    backbone = getattr(model, model.base_model_prefix)
+    source = getattr(causal_lm, causal_lm.base_model_prefix)
+    missing, unexpected = backbone.load_state_dict(source.state_dict(), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"{type(causal_lm).__name__} -> {type(model).__name__}: backbone weights do not match "
+                           f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    head = getattr(model, "score", None)
+    if not isinstance(head, torch.nn.Linear):
+        raise TypeError(f"{type(model).__name__} has no linear `score` head; reward models are built for "
+                        "decoder architectures whose sequence-classification class has one (Llama, Mistral, Qwen, ...)")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        weight = torch.randn(head.weight.shape, generator=generator) / (head.in_features + 1)
+        head.weight.copy_(weight.to(head.weight.dtype))
+        if getattr(head, "bias", None) is not None:
+            head.bias.zero_()
+    return model
+
+
+def build_reward_model(causal_lm_path: str | Path, registry: Any = None, lora: Any = None, seed: int = 0) -> Any:
+    """The RM initialized from a chat checkpoint directory (a registry version's path, e.g. sft@latest).
+
+    A LoRA checkpoint is merged into its base first (stages.checkpoint.load_causal_lm). With ``lora``
+    (a recipe LoraSection with enabled=True) the backbone is frozen and gets adapters while the score
+    head trains fully; the stage merges them before saving, so every saved RM is a plain
+    ``*ForSequenceClassification`` checkpoint.
+    """
+    from stages.checkpoint import load_causal_lm, load_tokenizer
+
+    causal_lm = load_causal_lm(Path(causal_lm_path), registry)
+    tokenizer = load_tokenizer(Path(causal_lm_path))
+    model = reward_model_from_causal_lm(causal_lm, tokenizer.pad_token_id, seed)
+    del causal_lm
+    if lora is not None and lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        # task SEQ_CLS keeps the new score head fully trainable (peft's modules_to_save)
+        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=lora.target_modules, task_type="SEQ_CLS"))
+    return model
+
+
+def merged(model: Any) -> Any:
+    """A LoRA-wrapped RM with its adapters merged (a plain model is returned as it is)."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------------------------
+
+def encode_response(tokenizer: Any, prompt: Messages, response: str, template: str = "model",
+                    max_length: int | None = None) -> tuple[list[int], bool]:
+    """Token ids of ``prompt`` followed by ``response`` as the assistant's turn, and whether it was cut.
+
+    The text is the chat template's full rendering (end-of-turn included), so it equals what a user of
+    ``apply_chat_template`` feeds the saved RM. Longer than ``max_length``, the oldest tokens are
+    dropped: the score is read at the end of the response, which must survive.
+    """
+    from data.templates import render
+
+    text, _ = render(tokenizer, list(prompt) + [{"role": "assistant", "content": response}], template)
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    truncated = max_length is not None and len(ids) > max_length
+    if truncated:
+        ids = ids[-max_length:]
+    if ids and ids[-1] == tokenizer.pad_token_id:
+        raise ValueError(f"the rendered conversation ends with the pad token {tokenizer.pad_token!r}, where the "
+                         "score is read; give the tokenizer a pad token the chat template never emits")
+    return ids, truncated
+
+
+@dataclass
+class EncodeStats:
+    pairs: int = 0
+    truncated_pairs: int = 0
+    tokens: int = 0
+    max_tokens: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"pairs": self.pairs, "truncated_pairs": self.truncated_pairs, "tokens": self.tokens,
+                "max_tokens": self.max_tokens}
+
+
+def encode_pairs(tokenizer: Any, pairs: Sequence[Preference], template: str = "model",
+                 max_length: int | None = None) -> tuple[list[dict[str, Any]], EncodeStats]:
+    """One Trainer example per pair: both token sequences plus what the loss needs (rating, margin, safety)."""
+    examples, stats = [], EncodeStats()
+    for pair in pairs:
+        chosen_ids, cut_chosen = encode_response(tokenizer, pair.prompt, pair.chosen, template, max_length)
+        rejected_ids, cut_rejected = encode_response(tokenizer, pair.prompt, pair.rejected, template, max_length)
+        examples.append({"chosen_ids": chosen_ids, "rejected_ids": rejected_ids, "rating": pair.rating,
+                         "margin": pair.margin, "chosen_safe": pair.chosen_safe,
+                         "rejected_safe": pair.rejected_safe})
+        stats.pairs += 1
+        stats.truncated_pairs += cut_chosen or cut_rejected
+        stats.tokens += len(chosen_ids) + len(rejected_ids)
+        stats.max_tokens = max(stats.max_tokens, len(chosen_ids), len(rejected_ids))
+    return examples, stats
+
+
+def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), right-padded with ``pad_id`` to the longest sequence."""
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, :len(seq)] = 1
+    return input_ids, attention_mask
+
+
+def _safe_label(value: bool | None) -> float:
+    return float("nan") if value is None else float(bool(value))
+
+
+def collate_pairs(examples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """B pairs -> one batch of 2B rows, chosen answers first then rejected, so one forward pass scores both."""
+    sequences = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
+    input_ids, attention_mask = pad_right(sequences, pad_id)
+    safe = [_safe_label(e["chosen_safe"]) for e in examples] + [_safe_label(e["rejected_safe"]) for e in examples]
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            "is_safe": torch.tensor(safe, dtype=torch.float32),
+            "ratings": [e["rating"] for e in examples], "explicit_margins": [e["margin"] for e in examples]}
+
+
+def pair_scores(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen_scores, rejected_scores) of a collated batch, from a single forward pass."""
+    scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    scores = scores.squeeze(-1).float()
+    n_pairs = scores.shape[0] // 2
+    return scores[:n_pairs], scores[n_pairs:]
+
+
+@dataclass
+class PairLoss:
+    """The Trainer's loss over one micro-batch of pairs: the margin ranking loss (summed over pairs), plus
+    the safety auxiliary loss (its mean over labelled answers, weighted per pair) when ``aux_weight`` > 0.
+    Extra sums: ``correct`` (pairs ranked right, so the held-out value is accuracy), and with the auxiliary
+    loss on, ``ranking_loss`` and ``aux_loss``."""
+
+    margin_table: str = "small"
+    aux_weight: float = 0.0
+
+    def __call__(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        chosen, rejected = pair_scores(model, batch)
+        margins = margins_for(batch["ratings"], batch["explicit_margins"], self.margin_table, device=chosen.device)
+        ranking = ranking_loss(chosen, rejected, margins, reduction="sum")
+        n_pairs = chosen.shape[0]
+        loss = ranking
+        extra = {"correct": float((chosen > rejected).sum())}
+        if self.aux_weight > 0:
+            extra["ranking_loss"] = float(ranking.detach())
+            labels = batch["is_safe"].to(chosen.device)
+            aux = safety_auxiliary_loss(torch.cat([chosen, rejected]), labels, self.aux_weight)
+            loss = loss + aux * n_pairs
+            extra["aux_loss"] = float(aux.detach()) * n_pairs
+        return loss, torch.tensor(n_pairs, device=chosen.device), extra
+

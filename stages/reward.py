@@ -1,0 +1,190 @@
+"""Stage 2: the helpfulness and the safety reward model (Llama 2 §3.2.2).
+
+Both start from the chat checkpoint (``reward.parent``, default sft@latest) with the LM head replaced
+by a scalar head, and train for one epoch on the margin ranking loss ``-log σ(r_c - r_r - m(rating))``
+(lr 1e-5, cosine to 10%, warmup 3% / at least 5 steps). Each RM is its own registry version:
+``rm-helpful`` and ``rm-safety``. Data mixes, as in the paper:
+
+* helpfulness RM: all helpfulness pairs + as many again (``helpful_mix_ratio``) sampled uniformly
+  from the safety and other pairs;
+* safety RM: all safety (and other safety) pairs + helpfulness pairs making up
+  ``safety_mix_helpful_share`` (10%) of the mix;
+* pairs whose chosen answer is unsafe and rejected answer safe are dropped before mixing
+  (data.mixtures.build_rm_mixtures does all three).
+
+After training each RM is evaluated on both test sets (accuracy per rating, calibration, plots in
+the version directory, summary in the manifest metrics). Saved RMs are plain
+``*ForSequenceClassification`` checkpoints (LoRA adapters are merged) so that
+``AutoModelForSequenceClassification.from_pretrained`` loads them unchanged.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from data.records import Preference
+from stages.common import StageRun, is_main_process, run_stage
+from stages.recipe import Recipe, RecipeError, RewardSection
+from stages.registry import Registry, Version
+
+log = logging.getLogger("chatalign.reward")
+
+KINDS = ("helpful", "safety")
+STAGE_NAMES = {"helpful": "rm-helpful", "safety": "rm-safety"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class RMData:
+    """The preference data of stage 2 as loaded from the recipe, before mixing."""
+
+    helpful: list[Preference]
+    safety: list[Preference]
+    helpful_other: list[Preference] = field(default_factory=list)
+    safety_other: list[Preference] = field(default_factory=list)
+
+
+@dataclass
+class RMMixtures:
+    """Training pairs of each RM, and what the manifest records about them."""
+
+    helpful: list[Preference]
+    safety: list[Preference]
+    stats: dict[str, Any]
+
+    def manifest_entry(self, kind: str) -> dict[str, Any]:
+        """One RM's mixture counts, plus what was dropped and kept per source."""
+        return {"counts": self.stats[f"{kind}_rm"], "resampled": self.stats["resampled"][f"{kind}_rm"],
+                "dropped_unsafe_chosen": self.stats["dropped_unsafe_chosen"], "kept": self.stats["kept"]}
+
+
+def mix_reward_data(data: RMData, section: RewardSection, seed: int) -> RMMixtures:
+    """The two training mixtures (data.mixtures.build_rm_mixtures). The recipe's sources map onto the
+    paper's: ``safety.other_data`` (e.g. Anthropic Harmless) counts as safety data; ``helpful.other_data``
+    (open-source sets) is the "other" data sampled, with the safety data, into the helpfulness RM's mix."""
+    from data.mixtures import build_rm_mixtures
+
+    helpful, safety, stats = build_rm_mixtures(
+        data.helpful, data.safety + data.safety_other, data.helpful_other,
+        helpful_mix_ratio=section.helpful_mix_ratio, safety_mix_helpful_share=section.safety_mix_helpful_share,
+        drop_unsafe_chosen=section.drop_unsafe_chosen, seed=seed)
+    dropped = sum(stats["dropped_unsafe_chosen"].values())
+    if dropped:
+        log.info("dropped %d pairs whose chosen answer is unsafe and rejected answer safe: %s", dropped,
+                 stats["dropped_unsafe_chosen"])
+    return RMMixtures(helpful=helpful, safety=safety, stats=stats)
+
+
+def load_reward_data(section: RewardSection, seed: int) -> tuple[RMData, dict[str, list[Preference]]]:
+    """Training data of both RMs and the test sets (named "helpful" and "safety")."""
+    from data.sources import load_preferences
+
+    data = RMData(
+        helpful=load_preferences(section.helpful.data, seed, "reward.helpful.data", kind="helpful"),
+        safety=load_preferences(section.safety.data, seed, "reward.safety.data", kind="safety"),
+        helpful_other=load_preferences(section.helpful.other_data, seed, "reward.helpful.other_data", kind="helpful"),
+        safety_other=load_preferences(section.safety.other_data, seed, "reward.safety.other_data", kind="safety"),
+    )
+    tests = {kind: load_preferences(getattr(section, kind).test, seed, f"reward.{kind}.test", kind=kind)
+             for kind in KINDS}
+    return data, tests
+
+
+# ---------------------------------------------------------------------------------------------
+# Training one RM
+# ---------------------------------------------------------------------------------------------
+
+def eval_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's share of eval.json: accuracy overall and per rating, ECE, unsafe recall per test set."""
+    summary: dict[str, Any] = {}
+    for set_name, m in report["test_sets"].items():
+        summary[f"accuracy_{set_name}"] = m["accuracy"]
+        summary[f"eval_{set_name}"] = {
+            "n": m["n"], "accuracy": m["accuracy"], "ece": m["calibration"]["ece"],
+            "per_rating": {rating: v["accuracy"] for rating, v in m["per_rating"].items()},
+            **({"unsafe_recall": m["unsafe_recall"]} if "unsafe_recall" in m else {})}
+    return summary
+
+
+def train_reward_model(run: StageRun, recipe: Recipe, parent: Version, kind: str, train_pairs: list[Preference],
+                       test_sets: dict[str, list[Preference]]) -> dict[str, Any]:
+    """Train one RM from ``parent`` on ``train_pairs``, save it into the run's workdir, evaluate it there."""
+    from reward.model import PairLoss, build_reward_model, collate_pairs, encode_pairs, merged
+    from stages.checkpoint import load_tokenizer
+    from stages.trainer import Trainer, TrainSettings
+
+    section, template, stage = recipe.reward, recipe.model.template, STAGE_NAMES[kind]
+    tokenizer = load_tokenizer(parent.path)
+    model = build_reward_model(parent.path, run.registry, lora=section.lora, seed=recipe.seed)
+    train_examples, train_stats = encode_pairs(tokenizer, train_pairs, template, section.max_length)
+    heldout_examples, heldout_stats = encode_pairs(tokenizer, test_sets[kind], template, section.max_length)
+    aux_weight = section.safety_aux_weight if kind == "safety" and section.safety_aux_loss else 0.0
+    pad_id = tokenizer.pad_token_id
+    trainer = Trainer(model, train_examples, heldout_examples, lambda batch: collate_pairs(batch, pad_id),
+                      TrainSettings.from_section(section, recipe.seed), run.workdir,
+                      PairLoss(section.margin, aux_weight),
+                      log_fn=lambda values, step: run.log({f"{stage}/{k}": v for k, v in values.items()}, step),
+                      resume=run.resume, desc=stage)
+    metrics = trainer.train()
+    metrics["data"] = {"train": train_stats.to_dict(), "heldout": heldout_stats.to_dict()}
+    plain, state_dict = trainer.unwrapped_state()
+    if is_main_process():
+        if section.lora.enabled:  # merged, so the RM loads with AutoModelForSequenceClassification alone
+            merged(plain).save_pretrained(str(run.workdir), safe_serialization=True)
+        else:
+            plain.save_pretrained(str(run.workdir), state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(str(run.workdir))
+        metrics.update(evaluate_saved(run, recipe, kind, test_sets))
+    return metrics
+
+
+def evaluate_saved(run: StageRun, recipe: Recipe, kind: str, test_sets: dict[str, list[Preference]]) -> dict:
+    """Score the test sets with the RM as saved (so the evaluation sees exactly what users load)."""
+    import torch
+
+    from eval.rm import evaluate_scorer
+    from reward.scorer import RewardScorer
+
+    section = recipe.reward
+    scorer = RewardScorer(run.workdir, template=recipe.model.template, batch_size=section.micro_batch_size * 2,
+                          device="cuda" if torch.cuda.is_available() else "cpu", max_length=section.max_length)
+    report = evaluate_scorer(scorer, test_sets, run.workdir, name=STAGE_NAMES[kind], seed=recipe.seed)
+    return eval_summary(report)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------------------------
+
+def run(recipe: Recipe, registry: Registry, force: bool = False, resume: bool = False) -> list[Version]:
+    from data.sources import fingerprint
+
+    section = recipe.reward
+    parent = registry.resolve(section.parent)
+    data, test_sets = load_reward_data(section, recipe.seed)
+    mixtures = mix_reward_data(data, section, recipe.seed)
+    test_fingerprints = {f"test_{name}": fingerprint(pairs) for name, pairs in test_sets.items()}
+    versions = []
+    for kind in KINDS:
+        train_pairs = getattr(mixtures, kind)
+        stats = mixtures.manifest_entry(kind)
+        if not train_pairs:
+            raise RecipeError(f"reward.{kind}.data: no training pairs for the {kind} reward model "
+                              f"(mixture: {stats}); give it preference data")
+
+        def body(run: StageRun, kind: str = kind, train_pairs: list[Preference] = train_pairs,
+                 stats: dict = stats) -> None:
+            run.metrics.update(train_reward_model(run, recipe, parent, kind, train_pairs, test_sets))
+            run.extra["mixture"] = stats
+            run.extra["reward_model"] = {"kind": kind, "template": recipe.model.template,
+                                         "max_length": section.max_length, "margin": section.margin,
+                                         "lora_merged": section.lora.enabled}
+
+        fingerprints = {"train": fingerprint(train_pairs), **test_fingerprints}
+        versions.append(run_stage(recipe, registry, STAGE_NAMES[kind], "reward", [parent], fingerprints, body,
+                                  force, resume))
+    return versions

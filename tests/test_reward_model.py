@@ -1,0 +1,201 @@
+"""The reward model: built from a causal LM, saved so AutoModelForSequenceClassification scores it the
+same, read at the last real token, chosen and rejected in one pass, truncated from the left, and
+trained with the margin ranking loss (full and LoRA)."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from data.records import Preference
+from reward.loss import margins_for, ranking_loss, safety_auxiliary_loss
+from reward.model import (PairLoss, build_reward_model, collate_pairs, encode_pairs, encode_response, merged,
+                          pad_right)
+from reward.scorer import RewardScorer, load_scorer
+from stages.recipe import LoraSection
+from stages.tiny import build_tiny_model, build_tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("lm")
+    model = build_tiny_model(tokenizer, hidden_size=32, layers=2, heads=4, kv_heads=2, intermediate_size=64)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+def visible_rm(lm_dir):
+    """An RM whose head has unit-scale weights, so scores differ enough for comparisons to mean something."""
+    model = build_reward_model(lm_dir)
+    with torch.no_grad():
+        model.score.weight.copy_(torch.randn(model.score.weight.shape, generator=torch.Generator().manual_seed(1)))
+    return model.eval()
+
+
+PROMPTS = [[{"role": "user", "content": "What is 2 + 2?"}],
+           [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "Red."}, {"role": "user", "content": "Another one, please?"}],
+           [{"role": "user", "content": "Hi"}]]
+RESPONSES = ["4.", "Blue, the colour of a clear sky at noon.", "Hello! How can I help?"]
+
+
+def test_saved_rm_loads_with_auto_class_and_scores_the_same(tmp_path, lm_dir, tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    rm = visible_rm(lm_dir)
+    assert type(rm).__name__ == "LlamaForSequenceClassification" and rm.config.num_labels == 1
+    assert rm.config.pad_token_id == tokenizer.pad_token_id != tokenizer.eos_token_id
+    rm.save_pretrained(str(tmp_path))
+    tokenizer.save_pretrained(str(tmp_path))
+
+    ours = RewardScorer(rm, tokenizer, batch_size=3).score(PROMPTS, RESPONSES)  # one padded batch
+    loaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path), num_labels=1).eval()
+    ids = [encode_response(tokenizer, p, r)[0] for p, r in zip(PROMPTS, RESPONSES)]
+    with torch.no_grad():
+        input_ids, attention_mask = pad_right(ids, tokenizer.pad_token_id)
+        theirs_padded = loaded(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1)
+        theirs_alone = torch.stack([loaded(input_ids=torch.tensor([s])).logits[0, 0] for s in ids])
+    assert ours.abs().max() > 1e-2  # the comparison is not between zeros
+    torch.testing.assert_close(ours, theirs_padded, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours, theirs_alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(load_scorer(tmp_path, device="cpu").score(PROMPTS, RESPONSES), ours, atol=1e-5, rtol=0)
+
+
+def test_score_reads_the_last_non_pad_token(lm_dir, tokenizer):
+    rm = visible_rm(lm_dir)
+    scorer = RewardScorer(rm, tokenizer, batch_size=1)
+    alone = scorer.score(PROMPTS, RESPONSES)
+    scorer.batch_size = 8
+    batched = scorer.score(PROMPTS, RESPONSES)  # the shorter ones now carry padding
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+
+    # the score is the head applied to the hidden state of the last real token
+    ids = encode_response(tokenizer, PROMPTS[0], RESPONSES[0])[0]
+    assert ids[-2:] == tokenizer.convert_tokens_to_ids(["<|im_end|>", "Ċ"])  # ChatML's end of turn
+    with torch.no_grad():
+        hidden = rm.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+        assert float(rm.score(hidden)) == pytest.approx(float(alone[0]), abs=1e-5)
+
+    # what the pad token's embedding holds cannot matter
+    with torch.no_grad():
+        rm.model.embed_tokens.weight[tokenizer.pad_token_id].normal_(0, 10.0)
+    torch.testing.assert_close(scorer.score(PROMPTS, RESPONSES), alone, atol=1e-5, rtol=0)
+
+
+def pairs_for_test(n=4):
+    ratings = ["significantly_better", "better", "slightly_better", None]
+    return [Preference(prompt=[{"role": "user", "content": f"Question {i}?"}], chosen=f"Answer {i}." * (i + 1),
+                       rejected="No.", rating=ratings[i % 4], chosen_safe=True, rejected_safe=i % 2 == 0)
+            for i in range(n)]
+
+
+def test_chosen_and_rejected_share_one_forward_pass(lm_dir, tokenizer):
+    rm = visible_rm(lm_dir)
+    examples, stats = encode_pairs(tokenizer, pairs_for_test(4))
+    batch = collate_pairs(examples, tokenizer.pad_token_id)
+    assert batch["input_ids"].shape[0] == 8 and stats.pairs == 4
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.pad_token_id).all()
+
+    calls = []
+    hook = rm.register_forward_hook(lambda module, args, output: calls.append(1))
+    loss_sum, units, extra = PairLoss("small")(rm, batch)
+    hook.remove()
+    assert len(calls) == 1 and int(units) == 4 and 0 <= extra["correct"] <= 4
+    scores = RewardScorer(rm, tokenizer).score_pairs(pairs_for_test(4))  # the same scores, scored apart
+    expected = ranking_loss(scores[0], scores[1], margins_for([p.rating for p in pairs_for_test(4)], table="small"),
+                            reduction="sum")
+    assert float(loss_sum) == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_long_prompts_lose_their_oldest_tokens(tokenizer):
+    prompt = [{"role": "user", "content": "blah " * 100 + "so, what is the answer?"}]
+    full, cut = encode_response(tokenizer, prompt, "The answer is 42.")
+    assert not cut
+    ids, cut = encode_response(tokenizer, prompt, "The answer is 42.", max_length=40)
+    assert cut and len(ids) == 40 and ids == full[-40:]
+    assert tokenizer.decode(ids).endswith("The answer is 42.<|im_end|>\n")
+
+
+class FixedScores(torch.nn.Module):
+    """Stands in for an RM: returns given scores for the 2B rows of a batch."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores = torch.nn.Parameter(torch.tensor(scores))
+
+    def forward(self, input_ids, attention_mask, use_cache=False):
+        return SimpleNamespace(logits=self.scores.unsqueeze(-1))
+
+
+def test_pair_loss_matches_the_ranking_loss_on_hand_values(tokenizer):
+    pairs = pairs_for_test(4)
+    pairs[3].margin = 2.5  # an explicit margin wins over the table
+    batch = collate_pairs(encode_pairs(tokenizer, pairs)[0], tokenizer.pad_token_id)
+    chosen, rejected = [2.0, 0.5, -1.0, 3.0], [1.0, 1.0, -2.0, 0.0]
+    model = FixedScores(chosen + rejected)
+
+    loss_sum, units, extra = PairLoss("large")(model, batch)
+    margins = torch.tensor([3.0, 2.0, 1.0, 2.5])  # Table 27 "large", then the explicit one
+    expected = ranking_loss(torch.tensor(chosen), torch.tensor(rejected), margins, reduction="sum")
+    assert float(loss_sum) == pytest.approx(float(expected), rel=1e-6)
+    assert int(units) == 4 and extra == {"correct": 3.0}
+
+    with_aux, _, extra = PairLoss("large", aux_weight=0.5)(model, batch)
+    safe = [p.chosen_safe for p in pairs] + [p.rejected_safe for p in pairs]
+    aux = safety_auxiliary_loss(torch.tensor(chosen + rejected), safe, 0.5)
+    assert float(with_aux) == pytest.approx(float(expected + 4 * aux), rel=1e-6)
+    assert extra["aux_loss"] == pytest.approx(4 * float(aux), rel=1e-6)
+
+
+def easy_pairs(n):
+    # the preferred answer always ends "good", the other "bad": one token decides
+    return [Preference(prompt=[{"role": "user", "content": f"Rate {i}"}], chosen=f"{i} good", rejected=f"{i} bad",
+                       rating="better") for i in range(n)]
+
+
+def train_a_few_steps(model, tokenizer, steps=12, lr=3e-3):
+    batch = collate_pairs(encode_pairs(tokenizer, easy_pairs(8))[0], tokenizer.pad_token_id)
+    loss_fn = PairLoss("none")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        loss_sum, units, _ = loss_fn(model, batch)
+        (loss_sum / units).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss_sum.detach() / units))
+    return losses
+
+
+def test_full_fine_tuning_learns_an_easy_preference(lm_dir, tokenizer):
+    torch.manual_seed(0)
+    losses = train_a_few_steps(build_reward_model(lm_dir), tokenizer, lr=1e-3)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_lora_reward_model_trains_and_saves_merged(tmp_path, lm_dir, tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    lora = LoraSection(enabled=True, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    model = build_reward_model(lm_dir, lora=lora)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable) and any(".score." in n for n in trainable)
+    assert not any("embed_tokens" in n or "mlp" in n for n in trainable)
+    losses = train_a_few_steps(model, tokenizer, lr=1e-2)
+    assert losses[-1] < 0.5 * losses[0]
+
+    model.eval()
+    ours = RewardScorer(model, tokenizer).score(PROMPTS, RESPONSES)
+    plain = merged(model)
+    assert type(plain).__name__ == "LlamaForSequenceClassification"
+    plain.save_pretrained(str(tmp_path))
+    tokenizer.save_pretrained(str(tmp_path))
+    loaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path), num_labels=1)
+    torch.testing.assert_close(RewardScorer(loaded, tokenizer).score(PROMPTS, RESPONSES), ours, atol=1e-5, rtol=0)
