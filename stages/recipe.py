@@ -78,6 +78,10 @@ class DataSource:
     n: int | None = knob(None, "examples to take (builtin: to generate); null = all", min=1)
     split: str = knob("train", "split: builtin train/heldout/test, or the hub split")
     format: DataFormat = knob("auto", "row format (see docs/DATA.md); auto detects it from the keys")
+    part: Literal["all", "train", "test"] = knob(
+        "all", "split one file by a seeded hash of each record's prompt: its train or its test part")
+    test_fraction: float = knob(0.2, "share of prompts in the test part (with part: train/test)",
+                                min=0.0, max=1.0)
 
 
 @dataclass

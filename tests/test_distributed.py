@@ -1,0 +1,71 @@
+"""The distributed path on CPU: 2 processes (gloo) under torchrun (DDP) and accelerate + DeepSpeed ZeRO-2.
+
+Each must train the same model as one process does: the trainer splits every optimizer step's
+examples over the processes and averages the loss over the whole step, so the weights agree up to
+floating-point reduction order.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stages.cli import main
+from stages.registry import Registry
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = str(ROOT / "recipes" / "tiny.yaml")
+BIN = Path(sys.executable).parent
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+
+def launch(command: list[str], runs: Path) -> str:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*command, "-m", "stages", "stage", "sft", "--recipe", TINY, "--set", f"runs_dir={runs}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
+    runs = tmp_path_factory.mktemp("single")
+    assert main(["stage", "base", "--recipe", TINY, "--set", f"runs_dir={runs}"]) == 0
+    assert main(["stage", "sft", "--recipe", TINY, "--set", f"runs_dir={runs}"]) == 0
+    return runs, load_file(str(Registry(runs / "tiny").resolve("sft@latest").path / "model.safetensors"))
+
+
+def copy_base(single_runs: Path, runs: Path) -> None:
+    shutil.copytree(single_runs / "tiny" / "base", runs / "tiny" / "base")
+
+
+def assert_same_weights(runs: Path, reference: dict[str, torch.Tensor]) -> None:
+    version = Registry(runs / "tiny").resolve("sft@latest")
+    assert version.manifest["parents"][0]["id"] == "base/v1"
+    weights = load_file(str(version.path / "model.safetensors"))
+    for name, tensor in reference.items():
+        torch.testing.assert_close(weights[name], tensor, rtol=0, atol=5e-5, msg=name)
+
+
+def test_torchrun_two_processes_match_one(single, tmp_path):
+    runs = tmp_path / "ddp"
+    copy_base(single[0], runs)
+    launch([str(BIN / "torchrun"), "--nproc_per_node", "2"], runs)
+    assert_same_weights(runs, single[1])
+
+
+@pytest.mark.skipif(not shutil.which("accelerate", path=str(BIN)), reason="accelerate CLI not installed")
+def test_accelerate_deepspeed_zero2_on_cpu_matches_one(single, tmp_path):
+    pytest.importorskip("deepspeed")
+    runs = tmp_path / "zero2"
+    copy_base(single[0], runs)
+    launch([str(BIN / "accelerate"), "launch", "--config_file",
+            str(ROOT / "recipes" / "accelerate" / "cpu-zero2.yaml")], runs)
+    assert_same_weights(runs, single[1])
