@@ -1,10 +1,29 @@
-"""Turn a recipe's data-source entries into records: built-in data, local files or hub datasets."""
+"""Turn a recipe's data-source entries into records: built-in data, local files or hub datasets.
+
+A source with ``part: train`` or ``part: test`` is split by a seeded hash of each record's prompt
+(:func:`split_part`): every record with the same prompt lands in the same part, the two parts are
+disjoint and together give the whole source, and ``test_fraction`` of the prompts go to the test
+part. The split is made on the whole source first; ``n`` then takes the first n records of the
+part, in source order. So a recipe can train on ``{part: train, n: 240}`` and test on
+``{part: test}`` of one file without any overlap, whatever the two ``n`` are.
+"""
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+import json
+import logging
+import math
+from typing import Any, Callable, Sequence, TypeVar
 
 from data.records import Conversation, Preference
 from stages.recipe import DataSource, RecipeError
+
+log = logging.getLogger("chatalign.data")
+
+Record = TypeVar("Record", Conversation, Preference)
+# Built-in data is generated, not read: with a part, the pool grows until the part holds n records.
+BUILTIN_DEFAULT_N = 1000
+_BUILTIN_MAX_DOUBLINGS = 6
 
 
 def _location(src: DataSource) -> tuple[str, str | None]:
@@ -12,6 +31,90 @@ def _location(src: DataSource) -> tuple[str, str | None]:
     if src.source.startswith("hub:"):
         return src.source[len("hub:"):], src.split
     return src.source, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Train / test parts
+# ---------------------------------------------------------------------------------------------
+
+def prompt_messages(record: Conversation | Preference) -> list[dict[str, str]]:
+    """What a record is split by: a pair's prompt, or a conversation up to its last user turn (so a
+    conversation and the preference pairs asked on the same prompt fall on the same side)."""
+    if isinstance(record, Preference):
+        return list(record.prompt)
+    messages = record.messages
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=len(messages) - 1)
+    return list(messages[:last_user + 1])
+
+
+def prompt_hash(record: Conversation | Preference, seed: int) -> float:
+    """A number in [0, 1) that depends only on the seed and the record's prompt messages."""
+    text = json.dumps(prompt_messages(record), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    digest = hashlib.sha256(f"chatalign-part:{seed}:{text}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def split_part(records: Sequence[Record], part: str, test_fraction: float, seed: int) -> list[Record]:
+    """The records of one part, in their original order: "test" holds the prompts whose hash is below
+    ``test_fraction``, "train" the rest, "all" everything."""
+    if part == "all":
+        return list(records)
+    if part not in ("train", "test"):
+        raise ValueError(f"part: expected 'all', 'train' or 'test', got {part!r}")
+    want_test = part == "test"
+    return [r for r in records if (prompt_hash(r, seed) < test_fraction) == want_test]
+
+
+def _part_share(src: DataSource) -> float:
+    return src.test_fraction if src.part == "test" else 1.0 - src.test_fraction
+
+
+def _take_part(records: list[Record], src: DataSource, seed: int, key: str) -> list[Record]:
+    """Split, then the first ``n`` of the part; an empty part is an error naming the recipe key."""
+    kept = split_part(records, src.part, src.test_fraction, seed)
+    if not kept and records:
+        raise RecipeError(f"{key}: part '{src.part}' of '{src.source}' is empty (test_fraction "
+                          f"{src.test_fraction} of {len(records)} records); choose a test_fraction that leaves "
+                          f"prompts on both sides")
+    log.info("%s: part '%s' of '%s': %d of %d records (test_fraction %s)%s", key, src.part, src.source,
+             len(kept), len(records), src.test_fraction, f", first {src.n} taken" if src.n else "")
+    return kept[:src.n] if src.n is not None else kept
+
+
+def _builtin_part(generate: Callable[[int], list[Record]], src: DataSource, seed: int, key: str) -> list[Record]:
+    """Built-in records of a part: generate a pool, split it, and grow the pool until the part has n."""
+    if src.part == "all":
+        return generate(src.n or BUILTIN_DEFAULT_N)
+    share = _part_share(src)
+    if share <= 0:
+        raise RecipeError(f"{key}: part '{src.part}' with test_fraction {src.test_fraction} is always empty")
+    if src.n is None:
+        return _take_part(generate(BUILTIN_DEFAULT_N), src, seed, key)
+    size = math.ceil(src.n / share * 1.1) + 8  # a little over the expected need, so one pool usually does
+    for _ in range(_BUILTIN_MAX_DOUBLINGS):
+        pool = generate(size)
+        kept = split_part(pool, src.part, src.test_fraction, seed)
+        if len(kept) >= src.n:
+            return kept[:src.n]
+        size *= 2
+    raise RecipeError(f"{key}: the built-in data gives only {len(kept)} records in part '{src.part}' from a pool "
+                      f"of {size // 2}; ask for fewer (n) or a larger share (test_fraction)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+def _load_file(loader: Callable[..., list[Record]], src: DataSource, seed: int, key: str) -> list[Record]:
+    path, split = _location(src)
+    # With a part, the whole source is read: cutting it to n first would split a different subset for
+    # every n, so a train part and a test part of one file could share prompts.
+    limit = src.n if src.part == "all" else None
+    try:
+        records = loader(path, split=split, format=src.format, limit=limit)
+    except FileNotFoundError as err:
+        raise RecipeError(f"{key}.source: no such file '{src.source}'") from err
+    return records if src.part == "all" else _take_part(records, src, seed, key)
 
 
 def load_conversations(sources: list[DataSource], seed: int, key: str) -> list[Conversation]:
@@ -23,17 +126,15 @@ def load_conversations(sources: list[DataSource], seed: int, key: str) -> list[C
         if src.source == "builtin":
             from data import builtin
 
-            records.extend(builtin.build(split=src.split, n=src.n or 1000, seed=seed))
+            records.extend(_builtin_part(lambda n, src=src: builtin.build(split=src.split, n=n, seed=seed),
+                                         src, seed, f"{key}[{i}]"))
         else:
-            path, split = _location(src)
-            try:
-                records.extend(loaders.load_conversations(path, split=split, format=src.format, limit=src.n))
-            except FileNotFoundError as err:
-                raise RecipeError(f"{key}[{i}].source: no such file '{src.source}'") from err
+            records.extend(_load_file(loaders.load_conversations, src, seed, f"{key}[{i}]"))
     return records
 
 
 def load_preferences(sources: list[DataSource], seed: int, key: str, kind: str = "helpful") -> list[Preference]:
+    """Concatenate every source's preference pairs (built-in pairs of ``kind``: helpful or safety)."""
     from data import loaders
 
     records: list[Preference] = []
@@ -41,13 +142,11 @@ def load_preferences(sources: list[DataSource], seed: int, key: str, kind: str =
         if src.source == "builtin":
             from data import builtin
 
-            records.extend(builtin.preference_pairs(kind=kind, split=src.split, n=src.n or 1000, seed=seed))
+            records.extend(_builtin_part(
+                lambda n, src=src: builtin.preference_pairs(kind=kind, split=src.split, n=n, seed=seed),
+                src, seed, f"{key}[{i}]"))
         else:
-            path, split = _location(src)
-            try:
-                records.extend(loaders.load_preferences(path, split=split, format=src.format, limit=src.n))
-            except FileNotFoundError as err:
-                raise RecipeError(f"{key}[{i}].source: no such file '{src.source}'") from err
+            records.extend(_load_file(loaders.load_preferences, src, seed, f"{key}[{i}]"))
     return records
 
 
