@@ -57,8 +57,10 @@ lineage: install ## print the lineage of REF (default sft@latest)
 recipe: install ## print the resolved RECIPE
 	$(BIN)/chatalign recipe show --recipe $(RECIPE) $(ARGS)
 
-bench: install ## benchmarks; results go to docs/BENCHMARKS.md
-	$(BIN)/python bench/bench_sft.py $(ARGS)
+bench: stage-1 ## benchmarks against TRL and plain HF generation on RECIPE's models (see docs/BENCHMARKS.md)
+	$(BIN)/python bench/bench_sft.py --model $$($(BIN)/chatalign path base@latest --recipe $(RECIPE))
+	$(BIN)/python bench/bench_rm.py --model $$($(BIN)/chatalign path sft@latest --recipe $(RECIPE))
+	$(BIN)/python bench/bench_generation.py --model $$($(BIN)/chatalign path sft@latest --recipe $(RECIPE))
 
 clean: ## remove run outputs
 	rm -rf runs wandb

@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", help="e.g. sft@latest, sft@v2")
     recipe_args(p)
 
+    p = sub.add_parser("path", help="print the directory of a version (for scripts)")
+    p.add_argument("ref", help="e.g. base@latest")
+    recipe_args(p)
+
     p = sub.add_parser("recipe", help="show or document recipes")
     p.add_argument("action", choices=["show", "validate", "docs"])
     recipe_args(p)
@@ -72,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
             print(dump_recipe(recipe) if args.action == "show" else f"{args.recipe}: valid")
             return 0
         registry = open_registry(recipe)
+        if args.command == "path":
+            print(registry.resolve(args.ref).path)
+            return 0
         if args.command == "lineage":
             print(registry.format_lineage(args.ref))
             return 0

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -75,7 +76,8 @@ class DataSource:
 
     source: str = knob("builtin", "'builtin' (this project's generated data), a local file "
                                   "(.jsonl/.json/.parquet/.csv) or 'hub:<dataset id>'")
-    n: int | None = knob(None, "examples to take (builtin: to generate); null = all", min=1)
+    n: int | None = knob(None, "examples to take (builtin: to generate), after a train/test split; null = all",
+                         min=1)
     split: str = knob("train", "split: builtin train/heldout/test, or the hub split")
     format: DataFormat = knob("auto", "row format (see docs/DATA.md); auto detects it from the keys")
     part: Literal["all", "train", "test"] = knob(
@@ -367,15 +369,40 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
 
 
+def _override_steps(item: str, path: list[str]) -> list[str | int]:
+    """['sft', 'data[0]', 'n'] -> ['sft', 'data', 0, 'n']."""
+    steps: list[str | int] = []
+    for part in path:
+        match = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)", part)
+        if not match:
+            raise RecipeError(f"override '{item}': '{part}' is not a key (expected name or name[index])")
+        steps.append(match.group(1))
+        steps.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))
+    return steps
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for item in overrides:
         path, value = parse_override(item)
-        node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
+        steps = _override_steps(item, path)
+        node: Any = data
+        for step, following in zip(steps[:-1], steps[1:]):
+            if isinstance(step, int):
+                if not isinstance(node, list) or step >= len(node):
+                    raise RecipeError(f"override '{item}': the recipe file has no item [{step}] there; "
+                                      f"set the whole list instead, e.g. key=[{{...}}]")
+                node = node[step]
+                continue
             if not isinstance(node, dict):
-                raise RecipeError(f"override '{item}': '{part}' is not a section")
-        node[path[-1]] = value
+                raise RecipeError(f"override '{item}': '{step}' is not inside a section")
+            node = node.setdefault(step, [] if isinstance(following, int) else {})
+        last = steps[-1]
+        if isinstance(last, int):
+            if not isinstance(node, list) or last >= len(node):
+                raise RecipeError(f"override '{item}': the recipe file has no item [{last}] there")
+        elif not isinstance(node, dict):
+            raise RecipeError(f"override '{item}': '{steps[-2]}' is not a section")
+        node[last] = value
     return data
 
 

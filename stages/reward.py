@@ -128,7 +128,7 @@ def train_reward_model(run: StageRun, recipe: Recipe, parent: Version, kind: str
                       TrainSettings.from_section(section, recipe.seed), run.workdir,
                       PairLoss(section.margin, aux_weight),
                       log_fn=lambda values, step: run.log({f"{stage}/{k}": v for k, v in values.items()}, step),
-                      resume=run.resume, desc=stage)
+                      resume=run.resume, desc=stage, final_eval=False)  # evaluate_saved scores the test sets
     metrics = trainer.train()
     metrics["data"] = {"train": train_stats.to_dict(), "heldout": heldout_stats.to_dict()}
     plain, state_dict = trainer.unwrapped_state()

@@ -190,13 +190,13 @@ class Trainer:
     def __init__(self, model: Any, train_examples: list[dict], heldout_examples: list[dict],
                  collate: Callable[[list[dict]], Batch], settings: TrainSettings, workdir: Path,
                  loss_fn: LossFn = causal_lm_loss, log_fn: Callable[[dict, int], None] | None = None,
-                 resume: bool = False, desc: str = "train"):
+                 resume: bool = False, desc: str = "train", final_eval: bool = True):
         if not train_examples:
             raise RecipeError(f"{desc}: no training examples")
         self.settings, self.collate, self.loss_fn = settings, collate, loss_fn
         self.train_examples, self.heldout_examples = train_examples, heldout_examples
         self.ckpt_dir = Path(workdir) / "checkpoints"
-        self.resume, self.desc = resume, desc
+        self.resume, self.desc, self.final_eval = resume, desc, final_eval
         self.log_fn = log_fn or (lambda values, step: None)
         world = int(os.environ.get("WORLD_SIZE", 1))
         self.grad_accum, self.steps_per_epoch, self.total_steps = plan_steps(len(train_examples), settings, world)
@@ -302,7 +302,7 @@ class Trainer:
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
             done = step + 1
-            if done % settings.eval_every == 0 or done == self.total_steps:
+            if done % settings.eval_every == 0 or (done == self.total_steps and self.final_eval):
                 record.update(self.evaluate())
             history.append(record)
             self.log_fn(record, done)

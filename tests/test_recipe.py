@@ -122,3 +122,13 @@ def test_local_file_source_loads(tmp_path):
                                              {"role": "assistant", "content": "hello"}]}) + "\n")
     records = load_conversations([DataSource(source=str(path))], seed=0, key="sft.data")
     assert records[0].messages[-1]["content"] == "hello"
+
+
+def test_override_list_items(tmp_path):
+    path = write(tmp_path, "sft:\n  data: [{source: builtin, n: 8}, {source: builtin, n: 4}]\n")
+    recipe = load_recipe(path, ["sft.data[1].n=16", "sft.data[0].split=heldout"])
+    assert [(d.n, d.split) for d in recipe.sft.data] == [(8, "heldout"), (16, "train")]
+    with pytest.raises(RecipeError, match="overridden with --set"):
+        load_recipe(path, ["sft.data[0].nn=3"])
+    with pytest.raises(RecipeError, match=r"no item \[5\]"):
+        load_recipe(path, ["sft.data[5].n=3"])
