@@ -61,13 +61,14 @@ def run_trl(args, conversations) -> dict:
                        dataloader_num_workers=0, seed=0, disable_tqdm=True)
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok)
     counted = {"tokens": 0}
-    collator = trainer.data_collator
+    training_step = trainer.training_step
 
-    def counting(features):
-        counted["tokens"] += sum(len(f["input_ids"]) for f in features)
-        return collator(features)
+    def counting_step(model, inputs, *args, **kwargs):  # counts what is trained, not what is prefetched
+        mask = inputs.get("attention_mask")
+        counted["tokens"] += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+        return training_step(model, inputs, *args, **kwargs)
 
-    trainer.data_collator = counting
+    trainer.training_step = counting_step
     start = time.perf_counter()
     out = trainer.train()
     elapsed = time.perf_counter() - start
