@@ -11,7 +11,7 @@ STAMP := $(VENV)/.chatalign-installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 export WANDB_MODE ?= offline
 
-.PHONY: help install test test-fast pipeline stage-0 stage-1 stage-2 bench lineage recipe clean distclean
+.PHONY: help install test test-fast pipeline stage-0 stage-1 stage-2 stage-3 bench lineage recipe clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ stage-1: stage-0 ## stage 1: supervised fine-tuning
 
 stage-2: stage-1 ## stage 2: helpfulness and safety reward models
 	$(BIN)/chatalign stage reward --recipe $(RECIPE) $(ARGS)
+
+stage-3: stage-2 ## stage 3: iterative rejection-sampling fine-tuning
+	$(BIN)/chatalign stage rejection_sampling --recipe $(RECIPE) $(ARGS)
 
 lineage: install ## print the lineage of REF (default sft@latest)
 	$(BIN)/chatalign lineage $(or $(REF),sft@latest) --recipe $(RECIPE)

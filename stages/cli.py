@@ -15,9 +15,11 @@ STAGES = {
     "base": "stages.base",
     "sft": "stages.sft",
     "reward": "stages.reward",
+    "rejection_sampling": "stages.rejection_sampling",
 }
-ALIASES = {"0": "base", "1": "sft", "2": "reward", "rm": "reward",
-           "stage-0": "base", "stage-1": "sft", "stage-2": "reward"}
+ALIASES = {"0": "base", "1": "sft", "2": "reward", "rm": "reward", "3": "rejection_sampling",
+           "rs": "rejection_sampling", "stage-0": "base", "stage-1": "sft", "stage-2": "reward",
+           "stage-3": "rejection_sampling"}
 
 
 def stage_module(name: str):

@@ -63,13 +63,15 @@ class StageRun:
 
 def run_stage(recipe: Recipe, registry: Registry, stage: str, section_name: str, parents: list[Version],
               data_fingerprints: dict[str, str], body: Callable[[StageRun], None], force: bool = False,
-              resume: bool = False) -> Version:
+              resume: bool = False, section: dict[str, Any] | None = None) -> Version:
     """Run ``body`` unless an identical run exists; commit its workdir as the stage's next version.
 
     A stage's inputs are its parents' content hashes, its recipe section, its data fingerprints and
     the seed; when they match a finished version, that version is reused (``force`` re-runs).
+    ``section`` replaces the recipe section as recorded and hashed (a stage that commits several
+    versions from one section, such as the rounds of rejection sampling, records each one's share).
     """
-    section = recipe.section(section_name)
+    section = recipe.section(section_name) if section is None else section
     fingerprint = registry.inputs_fingerprint(parents, section, data_fingerprints, recipe.seed)
     if not force:
         reusable = registry.find_reusable(stage, fingerprint)

@@ -190,6 +190,73 @@ class RewardSection:
 
 
 @dataclass
+class FineTuneSection:
+    """How a stage after SFT fine-tunes on its own targets, "similar to SFT" (§3.2.3): SFT's knobs without its data."""
+
+    epochs: float = knob(1.0, "passes over the targets (SFT uses 2; here 1, because with start_from: previous "
+                              "the pooled targets of earlier rounds are trained on again every round)", "epochs",
+                         min=0.0)
+    max_steps: int | None = knob(None, "stop after this many optimizer steps (caps epochs)", "steps", min=1)
+    batch_size: int = knob(64, "sequences per optimizer step (all processes, all accumulation)", "sequences", min=1)
+    micro_batch_size: int = knob(4, "sequences per forward pass on one process", "sequences", min=1)
+    seq_len: int = knob(4096, "packed sequence length", "tokens", min=8)
+    packing: bool = knob(True, "concatenate examples into full sequences (attention kept per example)")
+    train_on: Literal["all_assistant", "last_assistant"] = knob(
+        "last_assistant", "which assistant turns carry loss: the new answer only (earlier turns of a multi-turn "
+                          "prompt were not sampled by the model)")
+    optim: OptimSection = knob(factory=OptimSection, doc="optimizer and schedule (SFT's: lr 2e-5, cosine)")
+    lora: LoraSection = knob(factory=LoraSection, doc="LoRA instead of full fine-tuning")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = knob(
+        "auto", "auto = bf16 on a GPU that has it, else fp32")
+    gradient_checkpointing: bool = knob(False, "recompute activations to save memory")
+    checkpoint_every: int = knob(50, "save a resumable training checkpoint every N optimizer steps", "steps", min=1)
+    eval_every: int = knob(50, "held-out loss every N optimizer steps", "steps", min=1)
+
+
+@dataclass
+class RejectionSamplingSection:
+    """Stage 3: iterative rejection-sampling fine-tuning (§3.2.3): sample K answers per prompt, keep the one the
+    safety-gated reward ranks best, fine-tune on the best answers; each round is its own version ``rs/v<N>``."""
+
+    policy: str = knob("sft@latest", "registry ref of the model sampled in round 1 (and trained from with "
+                                     "start_from: sft)")
+    helpful_rm: str = knob("rm-helpful@latest", "registry ref of the helpfulness reward model")
+    safety_rm: str = knob("rm-safety@latest", "registry ref of the safety reward model")
+    prompts: list[DataSource] = knob(factory=lambda: [DataSource(source="builtin", n=1000)],
+                                     doc="prompts to sample for (safety prompts carry meta.is_safety: true)")
+    heldout_prompts: list[DataSource] = knob(
+        factory=lambda: [DataSource(source="builtin", n=100, split="heldout")],
+        doc="held-out prompts: each round's policy against the previous one (RM reward, win rate, oracle)")
+    rounds: int = knob(2, "rejection-sampling rounds; each samples from the latest round's model", min=1)
+    samples_per_prompt: int = knob(4, "K answers sampled per prompt (the paper goes up to ~100; 4 keeps CPU "
+                                      "recipes fast, and the best-of-N curve shows what more would gain)", min=1)
+    temperatures: list[float] = knob(
+        factory=lambda: [1.0, 1.2],
+        doc="sampling temperature of each round (the last repeats for later rounds). The paper finds the "
+            "optimal temperature rises as the model is tuned, to 1.2-1.3 for 10-100 samples of the RLHF model: "
+            "1.0 for the SFT model in round 1, 1.2 afterwards")
+    top_p: float = knob(1.0, "nucleus mass kept while sampling; 1 = off (the paper states none)", min=0.0, max=1.0)
+    max_new_tokens: int = knob(256, "answer length cap while sampling and evaluating", "tokens", min=1)
+    pool_rounds: bool = knob(True, "train on the best answer of every round so far for each prompt (the paper's "
+                                   "fix after RLHF-V3 regressed); false = only the latest round's best (up to V3)")
+    start_from: Literal["previous", "sft"] = knob(
+        "previous", "model each round fine-tunes: the previous round's (round 1: the policy), or always the "
+                    "`policy` checkpoint (sft@latest), trained afresh on the pooled targets")
+    safety_threshold: float = knob(0.15, "R_c = R_s when the prompt is a safety prompt or R_s < threshold, "
+                                         "else R_h (§3.2.3)", min=0.0, max=1.0)
+    batch_size: int = knob(32, "sequences per generation forward pass (K samples of a prompt count K)", min=1)
+    score_batch_size: int = knob(16, "answers per reward-model forward pass", min=1)
+    backend: Literal["hf", "vllm"] = knob("hf", "sampling engine: hf (in process, any device) or vllm (GPU)")
+    eval_temperature: float = knob(0.0, "temperature of the held-out answers that compare each round's "
+                                        "policy with the previous one (0 = greedy)", min=0.0)
+    sweep_temperatures: list[float] = knob(
+        factory=list, doc="also sample K answers to `sweep_prompts` held-out prompts at each of these "
+                          "temperatures and plot best-of-N per temperature (Fig. 8); [] = skip")
+    sweep_prompts: int = knob(32, "held-out prompts of the temperature sweep", min=1)
+    train: FineTuneSection = knob(factory=FineTuneSection, doc="fine-tuning on the best answers")
+
+
+@dataclass
 class EvalSection:
     oracle_prompts: int = knob(0, "built-in held-out prompts answered greedily and judged by the oracle "
                                   "for the base model and after SFT (0 = skip)", min=0)
@@ -213,6 +280,8 @@ class Recipe:
     model: ModelSection = knob(factory=ModelSection, doc="stage 0: base model")
     sft: SFTSection = knob(factory=SFTSection, doc="stage 1: supervised fine-tuning")
     reward: RewardSection = knob(factory=RewardSection, doc="stage 2: helpfulness and safety reward models")
+    rejection_sampling: RejectionSamplingSection = knob(
+        factory=RejectionSamplingSection, doc="stage 3: iterative rejection-sampling fine-tuning")
     eval: EvalSection = knob(factory=EvalSection, doc="evaluation shared by stages")
     wandb: WandbSection = knob(factory=WandbSection, doc="experiment tracking")
 

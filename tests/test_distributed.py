@@ -46,19 +46,30 @@ def copy_base(single_runs: Path, runs: Path) -> None:
     shutil.copytree(single_runs / "tiny" / "base", runs / "tiny" / "base")
 
 
-def assert_same_weights(runs: Path, reference: dict[str, torch.Tensor]) -> None:
+def assert_same_training(runs: Path, single_runs: Path, reference: dict[str, torch.Tensor]) -> None:
+    """Same losses step by step, and weights that differ by a small share of what training changed.
+
+    Adam amplifies reduction-order noise in tiny gradients to a sizeable share of lr, so weights are
+    compared relative to the update itself (about 1% here): a missing gradient all-reduce, a wrong
+    data shard or a doubled step moves them by tens of percent.
+    """
     version = Registry(runs / "tiny").resolve("sft@latest")
     assert version.manifest["parents"][0]["id"] == "base/v1"
     weights = load_file(str(version.path / "model.safetensors"))
-    for name, tensor in reference.items():
-        torch.testing.assert_close(weights[name], tensor, rtol=0, atol=5e-5, msg=name)
+    base = load_file(str(Registry(single_runs / "tiny").resolve("base@v1").path / "model.safetensors"))
+    drift = sum(float(((weights[n] - reference[n]) ** 2).sum()) for n in reference) ** 0.5
+    update = sum(float(((reference[n] - base[n]) ** 2).sum()) for n in reference) ** 0.5
+    assert drift < 0.05 * update, f"weights differ by {drift / update:.1%} of the training update"
+    single = Registry(single_runs / "tiny").resolve("sft@latest").manifest["metrics"]["history"]
+    losses = [h["train_loss"] for h in version.manifest["metrics"]["history"][1:]]
+    assert losses == pytest.approx([h["train_loss"] for h in single[1:]], abs=2e-3)
 
 
 def test_torchrun_two_processes_match_one(single, tmp_path):
     runs = tmp_path / "ddp"
     copy_base(single[0], runs)
     launch([str(BIN / "torchrun"), "--nproc_per_node", "2"], runs)
-    assert_same_weights(runs, single[1])
+    assert_same_training(runs, single[0], single[1])
 
 
 @pytest.mark.skipif(not shutil.which("accelerate", path=str(BIN)), reason="accelerate CLI not installed")
@@ -68,4 +79,4 @@ def test_accelerate_deepspeed_zero2_on_cpu_matches_one(single, tmp_path):
     copy_base(single[0], runs)
     launch([str(BIN / "accelerate"), "launch", "--config_file",
             str(ROOT / "recipes" / "accelerate" / "cpu-zero2.yaml")], runs)
-    assert_same_weights(runs, single[1])
+    assert_same_training(runs, single[0], single[1])

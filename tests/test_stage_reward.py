@@ -148,7 +148,7 @@ def test_stage_2_end_to_end_on_the_tiny_recipe(tmp_path, monkeypatch):
     helpful, safety = (v.manifest["mixture"]["counts"] for v in versions)
     assert helpful == {"helpful": 32, "safety": 32, "other": 0, "total": 64}
     assert safety == {"safety": 32, "helpful": 4, "total": 36}
-    assert "heldout_aux_loss" in versions[1].manifest["metrics"]
+    assert "initial_heldout_aux_loss" in versions[1].manifest["metrics"]
     assert "heldout_aux_loss" not in versions[0].manifest["metrics"]
     assert versions[0].manifest["data_fingerprints"]["train"] != versions[1].manifest["data_fingerprints"]["train"]
 

@@ -1,0 +1,507 @@
+"""Stage 3: iterative rejection-sampling fine-tuning (Llama 2 §3.2.3).
+
+One round: sample K answers per prompt from the latest model at the round's temperature, score each
+with both reward models, combine the scores with the safety gate (reward/combine.py: the safety score
+on safety prompts and on answers it finds unsafe, else the helpfulness score), keep each prompt's best
+answer, pool it with the best answers of earlier rounds (``pool_rounds``, the paper's fix after
+RLHF-V3 regressed), and fine-tune on (prompt -> pooled answer) like SFT. Every round commits its own
+version ``rs/v<N>`` with ``samples.jsonl`` (all K answers and their scores), ``pool.jsonl`` (the
+training targets), held-out answers and the best-of-N evaluation.
+
+Resumable round by round: the section a round records and hashes is the stage's section with
+``rounds`` and ``temperatures`` replaced by its own index and temperature, and its parents are the
+model it sampled, the model it fine-tuned, the previous round and both RMs. A finished round is
+therefore reused by any later run that asks for more rounds, and the run continues at the first
+round with no version. Within a round, ``--resume`` reuses its scored samples and continues the
+fine-tuning from its last training checkpoint. All rounds of one chain share the same two RMs (they
+are parents of every round), so rewards pooled from earlier rounds compare directly.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from data.records import Conversation
+from stages.common import StageRun, is_main_process, run_stage
+from stages.recipe import DataSource, Recipe, RecipeError, RejectionSamplingSection
+from stages.registry import Registry, Version
+
+log = logging.getLogger("chatalign.rs")
+
+STAGE = "rs"
+SECTION = "rejection_sampling"
+SAMPLES_FILE = "samples.jsonl"
+POOL_FILE = "pool.jsonl"
+HELDOUT_FILE = "heldout.jsonl"
+EVAL_FILE = "eval.json"
+BEST_OF_N_PNG = "best_of_n.png"
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts and round settings
+# ---------------------------------------------------------------------------------------------
+
+def prompt_key(messages: Sequence[dict[str, str]]) -> int:
+    """A 63-bit key of a prompt's messages: names its random streams and its place in the pool."""
+    text = json.dumps(list(messages), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") >> 1
+
+
+def load_prompts(sources: list[DataSource], seed: int, key: str) -> list[Conversation]:
+    """Prompts (conversations cut after their last user turn) with their meta; an answer that followed
+    is kept as meta.reference when the meta has none (built-in records carry their own)."""
+    from data.sources import load_conversations, prompt_messages
+
+    prompts = []
+    for i, record in enumerate(load_conversations(sources, seed, key)):
+        messages = prompt_messages(record)
+        if not messages or messages[-1].get("role") != "user":
+            raise RecipeError(f"{key}: record {i} ({record.meta.get('id', 'no id')}) has no user turn to answer; "
+                              "give prompts that end with a user message")
+        meta = dict(record.meta)
+        if len(record.messages) > len(messages) and "reference" not in meta:
+            meta["reference"] = record.messages[len(messages)]["content"]
+        prompts.append(Conversation(messages=messages, meta=meta))
+    if not prompts:
+        raise RecipeError(f"{key}: no prompts; give at least one data source with prompts")
+    return prompts
+
+
+def round_temperature(section: RejectionSamplingSection, round_index: int) -> float:
+    """The temperature of round ``round_index`` (1-based); the last one given repeats."""
+    return section.temperatures[min(round_index, len(section.temperatures)) - 1]
+
+
+def round_section(section: RejectionSamplingSection, round_index: int) -> dict[str, Any]:
+    """What one round records and hashes: the section without the round count and the temperature list,
+    with the round's index and temperature, so asking for more rounds leaves finished rounds reusable."""
+    from stages.recipe import to_dict
+
+    recorded = {k: v for k, v in to_dict(section).items() if k not in ("rounds", "temperatures")}
+    return {**recorded, "round": round_index, "temperature": round_temperature(section, round_index)}
+
+
+def check_section(section: RejectionSamplingSection) -> None:
+    if not section.temperatures:
+        raise RecipeError(f"{SECTION}.temperatures: give at least one sampling temperature, e.g. [1.0, 1.2]")
+    for i, t in enumerate(section.temperatures + section.sweep_temperatures):
+        if not t > 0:
+            name = "temperatures" if i < len(section.temperatures) else "sweep_temperatures"
+            raise RecipeError(f"{SECTION}.{name}: temperatures must be > 0 to draw different samples, got {t}")
+    if not section.top_p > 0:
+        raise RecipeError(f"{SECTION}.top_p: must be in (0, 1], got {section.top_p}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling and scoring
+# ---------------------------------------------------------------------------------------------
+
+def device_name() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sample_answers(model_path: Path, registry: Registry, prompts: list[Conversation], template: str,
+                   num_samples: int, temperature: float, top_p: float, max_new_tokens: int, batch_size: int,
+                   seed: int, stream: str, backend: str = "hf") -> list[list[str]]:
+    """``num_samples`` answer texts per prompt. Every sample has its own random stream keyed by (seed, the
+    prompt's messages, ``stream``, sample index), so a rerun, a resumed run or another batching draws the
+    same answers, and two rounds (different ``stream``) draw independent ones."""
+    from data.templates import render_prompt
+    from stages.checkpoint import load_causal_lm, load_tokenizer
+    from stages.generation import SamplingConfig, get_engine
+
+    tokenizer = load_tokenizer(model_path)
+    ids = [render_prompt(tokenizer, p.messages, template).input_ids for p in prompts]
+    keys = [prompt_key([{"role": "stream", "content": stream}, *p.messages]) for p in prompts]
+    cfg = SamplingConfig(num_samples=num_samples, temperature=temperature, top_p=top_p,
+                         max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+    if backend == "vllm":
+        from stages.checkpoint import is_adapter
+
+        if is_adapter(model_path):
+            raise RecipeError(f"{SECTION}.backend: vllm loads full checkpoints, but {model_path} is a LoRA adapter; "
+                              f"use backend: hf, or train.lora.enabled: false")
+        model: Any = model_path  # vLLM loads the checkpoint itself
+    else:
+        model = load_causal_lm(model_path, registry).to(device_name())
+    completions = get_engine(backend).generate(model, tokenizer, ids, cfg, prompt_keys=keys)
+    del model
+    return [[c.text for c in samples] for samples in completions]
+
+
+@dataclass
+class Scores:
+    """Raw scores of one answer: helpfulness RM, safety RM, and the safety-gated combination (= LOGIT(R_c))."""
+
+    helpful: float
+    safety: float
+    reward: float
+
+
+def score_answers(prompts: list[Conversation], answers: list[list[str]], helpful_scorer: Any, safety_scorer: Any,
+                  threshold: float) -> list[list[Scores]]:
+    """Score every answer with both RMs (one batched pass each) and gate them on the prompt's
+    ``meta.is_safety`` tag: R_c = R_s for a safety prompt or when R_s < threshold, else R_h."""
+    import torch
+
+    from reward.combine import combine
+
+    flat_prompts = [p.messages for p, group in zip(prompts, answers) for _ in group]
+    flat_answers = [a for group in answers for a in group]
+    flat_safety_prompt = [bool(p.meta.get("is_safety", False)) for p, group in zip(prompts, answers) for _ in group]
+    if not flat_answers:
+        return [[] for _ in prompts]
+    helpful = helpful_scorer.score(flat_prompts, flat_answers).double()
+    safety = safety_scorer.score(flat_prompts, flat_answers).double()
+    rewards = combine(helpful, safety, torch.tensor(flat_safety_prompt), threshold=threshold)
+    flat = [Scores(float(h), float(s), float(r)) for h, s, r in zip(helpful.tolist(), safety.tolist(),
+                                                                     rewards.tolist())]
+    out, start = [], 0
+    for group in answers:
+        out.append(flat[start:start + len(group)])
+        start += len(group)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Selection and pooling
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Candidate:
+    """A prompt's best answer so far: a training target."""
+
+    prompt_key: int
+    messages: list[dict[str, str]]
+    answer: str
+    reward: float
+    helpful: float
+    safety: float
+    round: int
+    sample: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def best_of_round(prompts: list[Conversation], answers: list[list[str]], scores: list[list[Scores]],
+                  round_index: int) -> dict[int, Candidate]:
+    """Each prompt's highest-reward answer of this round (the first sample wins a tie). Empty answers are
+    never chosen: training on them would teach the model to stop at once; a prompt whose K answers are all
+    empty has no candidate this round."""
+    best: dict[int, Candidate] = {}
+    for prompt, texts, prompt_scores in zip(prompts, answers, scores):
+        key = prompt_key(prompt.messages)
+        for index, (text, s) in enumerate(zip(texts, prompt_scores)):
+            if not text.strip():
+                continue
+            if key not in best or s.reward > best[key].reward:
+                best[key] = Candidate(key, list(prompt.messages), text, s.reward, s.helpful, s.safety,
+                                      round_index, index)
+    return best
+
+
+def pool_targets(previous_pool: dict[int, Candidate], round_best: dict[int, Candidate],
+                 pool_rounds: bool) -> dict[int, Candidate]:
+    """The training targets after a round. With ``pool_rounds``, each prompt keeps the highest-reward
+    answer of any round so far (an earlier round keeps a tie); without, only this round's best answers
+    (what Llama 2 did up to RLHF-V3)."""
+    if not pool_rounds:
+        return dict(round_best)
+    pooled = dict(previous_pool)
+    for key, candidate in round_best.items():
+        if key not in pooled or candidate.reward > pooled[key].reward:
+            pooled[key] = candidate
+    return pooled
+
+
+def read_pool(version: Version | None) -> dict[int, Candidate]:
+    if version is None:
+        return {}
+    return {row["prompt_key"]: Candidate(**row) for row in read_jsonl(version.path / POOL_FILE)}
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows this stage wrote itself (with data.loaders.write_jsonl, atomically)."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def pool_stats(pool: dict[int, Candidate], round_index: int, prompts: int) -> dict[str, Any]:
+    rewards = [c.reward for c in pool.values()]
+    by_round: dict[str, int] = {}
+    for c in pool.values():
+        by_round[str(c.round)] = by_round.get(str(c.round), 0) + 1
+    return {"targets": len(pool), "prompts": prompts, "from_round": dict(sorted(by_round.items())),
+            "from_this_round": by_round.get(str(round_index), 0),
+            "reward_mean": statistics.fmean(rewards) if rewards else None}
+
+
+def sample_rows(prompts: list[Conversation], answers: list[list[str]], scores: list[list[Scores]],
+                round_best: dict[int, Candidate], round_index: int, temperature: float) -> list[dict[str, Any]]:
+    """samples.jsonl: one row per prompt with all K answers, their scores and which one was chosen."""
+    rows = []
+    for index, (prompt, texts, prompt_scores) in enumerate(zip(prompts, answers, scores)):
+        key = prompt_key(prompt.messages)
+        chosen = round_best[key].sample if key in round_best else None
+        rows.append({
+            "round": round_index, "temperature": temperature, "prompt_index": index, "prompt_key": key,
+            "prompt_id": prompt.meta.get("id"), "messages": prompt.messages,
+            "is_safety": bool(prompt.meta.get("is_safety", False)), "chosen": chosen,
+            "samples": [{"index": i, "text": text, **asdict(s), "chosen": i == chosen}
+                        for i, (text, s) in enumerate(zip(texts, prompt_scores))]})
+    return rows
+
+
+def rewards_of(rows: list[dict[str, Any]]) -> list[list[float]]:
+    return [[s["reward"] for s in row["samples"]] for row in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# One round
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class RoundInputs:
+    recipe: Recipe
+    registry: Registry
+    index: int
+    temperature: float
+    sampler: Version            # the model sampled this round (and compared against on held-out prompts)
+    init: Version               # the model fine-tuned this round
+    previous: Version | None    # the previous round, whose pool this round extends
+    helpful_rm: Version
+    safety_rm: Version
+    prompts: list[Conversation]
+    heldout: list[Conversation]
+
+
+def load_scorers(inputs: RoundInputs) -> tuple[Any, Any]:
+    from reward.scorer import load_scorer
+
+    batch = inputs.recipe.rejection_sampling.score_batch_size
+    return (load_scorer(inputs.helpful_rm.path, batch_size=batch, device=device_name()),
+            load_scorer(inputs.safety_rm.path, batch_size=batch, device=device_name()))
+
+
+def sample_and_score(run: StageRun, inputs: RoundInputs, scorers: tuple[Any, Any]) -> list[dict[str, Any]]:
+    """This round's scored samples; a resumed round reads them back from its workdir instead."""
+    from data.loaders import write_jsonl
+
+    path = run.workdir / SAMPLES_FILE
+    if run.resume and path.exists():
+        log.info("%s round %d: reusing the scored samples in %s", STAGE, inputs.index, path.parent.name)
+        return read_jsonl(path)
+    section, recipe = inputs.recipe.rejection_sampling, inputs.recipe
+    start = time.time()
+    answers = sample_answers(inputs.sampler.path, inputs.registry, inputs.prompts, recipe.model.template,
+                             section.samples_per_prompt, inputs.temperature, section.top_p,
+                             section.max_new_tokens, section.batch_size, recipe.seed,
+                             stream=f"round-{inputs.index}", backend=section.backend)
+    sampled = time.time()
+    scores = score_answers(inputs.prompts, answers, *scorers, threshold=section.safety_threshold)
+    log.info("%s round %d: %d prompts x %d samples at T=%s: sampled in %.1fs, scored in %.1fs", STAGE,
+             inputs.index, len(inputs.prompts), section.samples_per_prompt, inputs.temperature, sampled - start,
+             time.time() - sampled)
+    rows = sample_rows(inputs.prompts, answers, scores, best_of_round(inputs.prompts, answers, scores, inputs.index),
+                       inputs.index, inputs.temperature)
+    write_jsonl(path, rows)
+    return rows
+
+
+def wait_for(path: Path, poll_s: float = 2.0) -> None:
+    """Other processes wait here while the main process samples (a barrier could time out on long sampling)."""
+    while not path.exists():
+        time.sleep(poll_s)
+
+
+def targets_from_rows(rows: list[dict[str, Any]], round_index: int) -> dict[int, Candidate]:
+    best = {}
+    for row in rows:
+        if row["chosen"] is None:
+            continue
+        sample = row["samples"][row["chosen"]]
+        best[row["prompt_key"]] = Candidate(row["prompt_key"], row["messages"], sample["text"], sample["reward"],
+                                            sample["helpful"], sample["safety"], round_index, row["chosen"])
+    return best
+
+
+def round_body(run: StageRun, inputs: RoundInputs) -> None:
+    from data.loaders import write_jsonl
+    from stages.sft import fine_tune
+
+    section = inputs.recipe.rejection_sampling
+    pool_path = run.workdir / POOL_FILE
+    scorers = None
+    if is_main_process():
+        scorers = load_scorers(inputs)
+        rows = sample_and_score(run, inputs, scorers)
+        round_best = targets_from_rows(rows, inputs.index)
+        pool = pool_targets(read_pool(inputs.previous), round_best, section.pool_rounds)
+        write_jsonl(pool_path, [c.to_dict() for c in sorted(pool.values(), key=lambda c: c.prompt_key)])
+    else:
+        wait_for(pool_path)
+        rows = read_jsonl(run.workdir / SAMPLES_FILE)
+        pool = {row["prompt_key"]: Candidate(**row) for row in read_jsonl(pool_path)}
+    if not pool:
+        raise RecipeError(f"{SECTION}: round {inputs.index} has no training target: every sampled answer is empty "
+                          f"(raise max_new_tokens, or check the policy {inputs.sampler.id} answers at all)")
+
+    # Targets in prompt order, so the data (and with it the training order) does not depend on the pool's.
+    order = {prompt_key(p.messages): i for i, p in enumerate(inputs.prompts)}
+    targets = sorted(pool.values(), key=lambda c: order.get(c.prompt_key, len(order)))
+    train = [Conversation(messages=c.messages + [{"role": "assistant", "content": c.answer}],
+                          meta={"round": c.round, "reward": c.reward}) for c in targets]
+    heldout_refs = [Conversation(messages=p.messages + [{"role": "assistant", "content": p.meta["reference"]}])
+                    for p in inputs.heldout if isinstance(p.meta.get("reference"), str)]
+    model, tokenizer, train_metrics = fine_tune(run, inputs.recipe, section.train, inputs.init, train, heldout_refs,
+                                                f"{STAGE}-round{inputs.index}")
+    run.metrics.update(train_metrics)
+    stats = pool_stats(pool, inputs.index, len(inputs.prompts))
+    round_rewards = rewards_of(rows)
+    flat = [r for rewards in round_rewards for r in rewards]
+    chosen = [row["samples"][row["chosen"]]["reward"] for row in rows if row["chosen"] is not None]
+    summary = {"round": inputs.index, "temperature": inputs.temperature,
+               "samples_per_prompt": section.samples_per_prompt, "sampled_from": inputs.sampler.id,
+               "fine_tuned_from": inputs.init.id, "pool_rounds": section.pool_rounds, "pool": stats,
+               "reward_mean": statistics.fmean(flat) if flat else None, "reward_max": max(flat) if flat else None,
+               "chosen_reward_mean": statistics.fmean(chosen) if chosen else None}
+    run.extra["rejection_sampling"] = summary
+    run.metrics.update({k: summary[k] for k in ("reward_mean", "reward_max", "chosen_reward_mean")})
+    run.metrics["pool_reward_mean"] = stats["reward_mean"]
+    del model
+    if is_main_process():
+        from stages.checkpoint import load_causal_lm
+
+        # The model as saved (a LoRA adapter merged; whole under ZeRO-3), so the evaluation sees what users load.
+        policy = load_causal_lm(run.workdir, inputs.registry).to(device_name())
+        run.metrics.update(evaluate_round(run, inputs, policy, tokenizer, round_rewards, scorers))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation of a round
+# ---------------------------------------------------------------------------------------------
+
+def heldout_answers(model: Any, tokenizer: Any, inputs: RoundInputs, scorers: tuple[Any, Any]) -> list[dict]:
+    """Answers of ``model`` to the held-out prompts at ``eval_temperature``, with their scores."""
+    from eval.oracle import answer
+
+    section = inputs.recipe.rejection_sampling
+    texts = answer(model, tokenizer, inputs.heldout, inputs.recipe.model.template, section.max_new_tokens,
+                   section.batch_size, temperature=section.eval_temperature, seed=inputs.recipe.seed)
+    scores = score_answers(inputs.heldout, [[t] for t in texts], *scorers, threshold=section.safety_threshold)
+    return [{"prompt_key": prompt_key(p.messages), "prompt_id": p.meta.get("id"), "messages": p.messages,
+             "answer": text, **asdict(s[0])} for p, text, s in zip(inputs.heldout, texts, scores)]
+
+
+def previous_heldout(inputs: RoundInputs, scorers: tuple[Any, Any]) -> list[dict]:
+    """The sampled model's held-out answers: read from the previous round when it wrote them (same prompts,
+    settings and RMs, since those are part of every round's inputs), else generated now."""
+    recorded = inputs.sampler.path / HELDOUT_FILE
+    if inputs.previous is not None and inputs.sampler.id == inputs.previous.id and recorded.exists():
+        rows = read_jsonl(recorded)
+        if [r["prompt_key"] for r in rows] == [prompt_key(p.messages) for p in inputs.heldout]:
+            return rows
+    from stages.checkpoint import load_causal_lm, load_tokenizer
+
+    model = load_causal_lm(inputs.sampler.path, inputs.registry).to(device_name())
+    return heldout_answers(model, load_tokenizer(inputs.sampler.path), inputs, scorers)
+
+
+def compare_on_heldout(run: StageRun, inputs: RoundInputs, model: Any, tokenizer: Any,
+                       scorers: tuple[Any, Any]) -> dict[str, Any]:
+    """The new policy against the one it was sampled from: mean reward, win rate, and oracle scores of both."""
+    from data.loaders import write_jsonl
+    from eval.best_of_n import win_rate
+
+    new_rows = heldout_answers(model, tokenizer, inputs, scorers)
+    old_rows = previous_heldout(inputs, scorers)
+    write_jsonl(run.workdir / HELDOUT_FILE, new_rows)
+    comparison = win_rate([r["reward"] for r in new_rows], [r["reward"] for r in old_rows])
+    heldout = {"against": inputs.sampler.id, "prompts": len(new_rows),
+               "reward_mean": statistics.fmean(r["reward"] for r in new_rows),
+               "previous_reward_mean": statistics.fmean(r["reward"] for r in old_rows), **comparison}
+    metrics: dict[str, Any] = {"heldout": heldout, "heldout_win_rate": comparison["win_rate"],
+                               "heldout_reward_mean": heldout["reward_mean"]}
+    if all(p.meta.get("source") == "builtin" for p in inputs.heldout):
+        from data.builtin.oracle import score_answers as oracle_scores
+
+        for name, rows in (("oracle", new_rows), ("previous_oracle", old_rows)):
+            scored = oracle_scores(inputs.heldout, [r["answer"] for r in rows])
+            metrics[name] = {k: v for k, v in scored.items() if v is None or isinstance(v, (int, float))}
+        metrics.update({f"oracle_{k}": v for k, v in metrics["oracle"].items() if v is not None})
+    return metrics
+
+
+def evaluate_round(run: StageRun, inputs: RoundInputs, model: Any, tokenizer: Any, round_rewards: list[list[float]],
+                   scorers: tuple[Any, Any]) -> dict[str, Any]:
+    """Best-of-N curves (this round's samples, plus the temperature sweep and the earlier rounds' curves),
+    and the new policy against the one it was sampled from on held-out prompts: RM reward, win rate, oracle."""
+    from eval.best_of_n import best_of_n_curve, plot_best_of_n
+
+    section = inputs.recipe.rejection_sampling
+    curves = {}
+    if inputs.previous is not None:
+        curves.update(inputs.previous.manifest.get("metrics", {}).get("best_of_n", {}))
+    curves[f"round {inputs.index}, T={inputs.temperature:g}"] = best_of_n_curve(round_rewards)
+    if section.sweep_temperatures:
+        sweep_prompts = inputs.heldout[:section.sweep_prompts]
+        for temperature in section.sweep_temperatures:
+            answers = sample_answers(inputs.sampler.path, inputs.registry, sweep_prompts, inputs.recipe.model.template,
+                                     section.samples_per_prompt, temperature, section.top_p, section.max_new_tokens,
+                                     section.batch_size, inputs.recipe.seed, stream=f"sweep-{inputs.index}",
+                                     backend=section.backend)
+            scores = score_answers(sweep_prompts, answers, *scorers, threshold=section.safety_threshold)
+            curves[f"round {inputs.index} sweep, held-out, T={temperature:g}"] = best_of_n_curve(
+                [[s.reward for s in prompt_scores] for prompt_scores in scores])
+    plot_best_of_n(curves, run.workdir / BEST_OF_N_PNG,
+                   title=f"rejection sampling round {inputs.index}: reward of the best of N samples")
+
+    metrics: dict[str, Any] = {"best_of_n": curves}
+    if inputs.heldout:
+        metrics.update(compare_on_heldout(run, inputs, model, tokenizer, scorers))
+    (run.workdir / EVAL_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------------------------
+
+def run(recipe: Recipe, registry: Registry, force: bool = False, resume: bool = False) -> list[Version]:
+    """All rounds, each committed as rs/v<N>; finished rounds are reused, so a rerun continues the chain."""
+    from data.sources import fingerprint
+
+    section = recipe.rejection_sampling
+    check_section(section)
+    policy = registry.resolve(section.policy)
+    helpful_rm, safety_rm = registry.resolve(section.helpful_rm), registry.resolve(section.safety_rm)
+    prompts = load_prompts(section.prompts, recipe.seed, f"{SECTION}.prompts")
+    heldout = load_prompts(section.heldout_prompts, recipe.seed, f"{SECTION}.heldout_prompts") \
+        if section.heldout_prompts else []
+    fingerprints = {"prompts": fingerprint(prompts), "heldout": fingerprint(heldout)}
+    versions: list[Version] = []
+    previous: Version | None = None
+    for index in range(1, section.rounds + 1):
+        sampler = previous or policy
+        init = sampler if section.start_from == "previous" else policy
+        parents = []
+        for version in (sampler, init, previous, helpful_rm, safety_rm):
+            if version is not None and all(version.id != p.id for p in parents):
+                parents.append(version)
+        inputs = RoundInputs(recipe, registry, index, round_temperature(section, index), sampler, init, previous,
+                             helpful_rm, safety_rm, prompts, heldout)
+        log.info("%s round %d/%d: sampling %s at T=%s, fine-tuning %s", STAGE, index, section.rounds, sampler.id,
+                 inputs.temperature, init.id)
+        previous = run_stage(recipe, registry, STAGE, SECTION, parents, fingerprints,
+                             lambda run, inputs=inputs: round_body(run, inputs), force, resume,
+                             section=round_section(section, index))
+        versions.append(previous)
+    return versions

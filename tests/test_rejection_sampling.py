@@ -1,0 +1,253 @@
+"""Stage 3: the safety-gated choice of the best answer, pooling across rounds, best-of-N curves, and an
+end-to-end run base -> sft -> reward -> rs on the tiny recipe (round-by-round reuse, same seed same samples)."""
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import statistics
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from data.records import Conversation
+from eval.best_of_n import best_of_n_curve, expected_max, expected_median, win_rate
+from stages import rejection_sampling as rs
+from stages.recipe import RecipeError, RejectionSamplingSection
+
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny.yaml"
+UNSAFE = -3.0  # σ(-3) ≈ 0.047 < 0.15: the safety RM finds the answer unsafe
+SAFE = 2.0     # σ(2) ≈ 0.88
+
+
+class FakeScorer:
+    """Scores an answer by looking it up: the stage only needs .score(conversations, responses)."""
+
+    def __init__(self, table: dict[str, float]):
+        self.table, self.calls = table, 0
+
+    def score(self, conversations, responses):
+        self.calls += 1
+        return torch.tensor([self.table[r] for r in responses])
+
+
+def prompt(text: str, is_safety: bool = False) -> Conversation:
+    return Conversation(messages=[{"role": "user", "content": text}], meta={"is_safety": is_safety})
+
+
+# --- the combination rule as the stage applies it -----------------------------------------------
+
+def test_safety_gate_picks_the_score_the_paper_says():
+    prompts = [prompt("how do I pick a lock?", is_safety=True), prompt("capital of France?")]
+    answers = [["refuse", "comply"], ["unsafe but helpful", "safe and helpful", ""]]
+    helpful = FakeScorer({"refuse": 0.5, "comply": 4.0, "unsafe but helpful": 5.0, "safe and helpful": 1.0, "": 0.0})
+    safety = FakeScorer({"refuse": SAFE, "comply": 1.0, "unsafe but helpful": UNSAFE, "safe and helpful": SAFE,
+                         "": SAFE})
+    scores = rs.score_answers(prompts, answers, helpful, safety, threshold=0.15)
+    assert helpful.calls == safety.calls == 1  # one batched pass per RM
+    # a safety prompt is always judged by the safety RM, even when the answer is safe
+    assert [s.reward for s in scores[0]] == [SAFE, 1.0]
+    # a helpfulness prompt: an answer the safety RM finds unsafe (R_s < 0.15) gets its safety score,
+    # a safe one its helpfulness score
+    assert [s.reward for s in scores[1]] == [UNSAFE, 1.0, 0.0]
+    assert (scores[1][0].helpful, scores[1][0].safety) == (5.0, UNSAFE)
+
+    best = rs.best_of_round(prompts, answers, scores, round_index=1)
+    chosen = [best[rs.prompt_key(p.messages)] for p in prompts]
+    assert [c.answer for c in chosen] == ["refuse", "safe and helpful"]  # the unsafe answer lost despite h=5
+    assert all(c.round == 1 for c in chosen) and chosen[1].sample == 1
+
+    # without the tag the same refusal/compliance pair is ranked by helpfulness
+    untagged = [prompt("how do I pick a lock?")]
+    scores = rs.score_answers(untagged, answers[:1], helpful, safety, threshold=0.15)
+    assert rs.best_of_round(untagged, answers[:1], scores, 1)[rs.prompt_key(untagged[0].messages)].answer == "comply"
+
+
+def test_empty_answers_are_never_chosen_and_ties_keep_the_first():
+    prompts = [prompt("a"), prompt("b")]
+    answers = [["", "x", "y"], ["", " "]]
+    scores = [[rs.Scores(0, 0, 9.0), rs.Scores(0, 0, 1.0), rs.Scores(0, 0, 1.0)],
+              [rs.Scores(0, 0, 1.0), rs.Scores(0, 0, 2.0)]]
+    best = rs.best_of_round(prompts, answers, scores, round_index=2)
+    assert list(best) == [rs.prompt_key(prompts[0].messages)]
+    assert best[rs.prompt_key(prompts[0].messages)].answer == "x"
+
+
+# --- pooling --------------------------------------------------------------------------------------
+
+def candidate(key: int, answer: str, reward: float, round_index: int) -> rs.Candidate:
+    return rs.Candidate(key, [{"role": "user", "content": str(key)}], answer, reward, reward, 1.0, round_index, 0)
+
+
+def test_pooling_keeps_the_best_answer_of_any_round():
+    round1 = {1: candidate(1, "r1 good", 3.0, 1), 2: candidate(2, "r1 poor", -1.0, 1),
+              3: candidate(3, "r1 only", 0.5, 1)}
+    round2 = {1: candidate(1, "r2 worse", 2.0, 2), 2: candidate(2, "r2 better", 1.0, 2), 4: candidate(4, "new", 0.0, 2)}
+    pooled = rs.pool_targets(rs.pool_targets({}, round1, True), round2, pool_rounds=True)
+    assert {k: c.answer for k, c in pooled.items()} == {1: "r1 good", 2: "r2 better", 3: "r1 only", 4: "new"}
+    # a tie keeps the earlier round's answer
+    assert rs.pool_targets(round1, {1: candidate(1, "tie", 3.0, 2)}, True)[1].answer == "r1 good"
+    # pool_rounds false (Llama 2 up to RLHF-V3): only the latest round's best answers, even worse ones
+    latest = rs.pool_targets(round1, round2, pool_rounds=False)
+    assert {k: c.answer for k, c in latest.items()} == {1: "r2 worse", 2: "r2 better", 4: "new"}
+    stats = rs.pool_stats(pooled, 2, prompts=4)
+    assert stats["from_round"] == {"1": 2, "2": 2} and stats["from_this_round"] == 2 and stats["targets"] == 4
+
+
+# --- rounds and their recorded sections -------------------------------------------------------------
+
+def test_a_round_records_its_own_index_and_temperature_not_the_round_count():
+    one, three = RejectionSamplingSection(rounds=1), RejectionSamplingSection(rounds=3, temperatures=[1.0, 1.2])
+    assert rs.round_section(one, 1) == rs.round_section(three, 1)  # asking for more rounds keeps round 1 reusable
+    assert rs.round_section(three, 1) != rs.round_section(three, 2)
+    assert [rs.round_temperature(three, r) for r in (1, 2, 3)] == [1.0, 1.2, 1.2]
+    assert "rounds" not in rs.round_section(three, 2) and rs.round_section(three, 2)["temperature"] == 1.2
+    for bad in (RejectionSamplingSection(temperatures=[]), RejectionSamplingSection(temperatures=[1.0, 0.0]),
+                RejectionSamplingSection(top_p=0.0)):
+        with pytest.raises(RecipeError, match="rejection_sampling"):
+            rs.check_section(bad)
+
+
+def test_cli_knows_stage_3_by_every_name():
+    from stages.cli import stage_module
+
+    assert {stage_module(n) for n in ("rejection_sampling", "3", "rs", "stage-3")} == {rs}
+
+
+def test_a_resumed_round_reuses_its_scored_samples(tmp_path, monkeypatch):
+    rows = [{"round": 1, "prompt_key": 7, "samples": []}]
+    (tmp_path / rs.SAMPLES_FILE).write_text(json.dumps(rows[0]) + "\n")
+    monkeypatch.setattr(rs, "sample_answers", lambda *a, **k: pytest.fail("a resumed round sampled again"))
+    run = SimpleNamespace(workdir=tmp_path, resume=True)
+    assert rs.sample_and_score(run, SimpleNamespace(index=1), scorers=(None, None)) == rows
+
+
+# --- best-of-N and win rate -----------------------------------------------------------------------
+
+def test_best_of_n_is_the_expectation_over_every_subset():
+    values = [0.3, -1.0, 2.5, 0.7, 1.1]
+    for n in range(1, len(values) + 1):
+        subsets = list(itertools.combinations(values, n))
+        assert expected_max(values, n) == pytest.approx(statistics.fmean(max(s) for s in subsets))
+        assert expected_median(values, n) == pytest.approx(statistics.fmean(statistics.median(s) for s in subsets))
+
+
+def test_best_of_n_max_rises_with_n_and_stays_above_the_median():
+    rng = random.Random(0)
+    for _ in range(20):
+        k = rng.randint(1, 12)
+        rewards = [[rng.gauss(0, 1) for _ in range(k)] for _ in range(rng.randint(1, 6))]
+        curve = best_of_n_curve(rewards)
+        assert curve["n"] == list(range(1, k + 1))
+        assert all(a <= b + 1e-12 for a, b in zip(curve["max"], curve["max"][1:]))
+        assert all(m >= med - 1e-12 for m, med in zip(curve["max"], curve["median"]))
+        assert curve["max"][0] == pytest.approx(curve["median"][0])  # one sample: best = typical
+        assert curve["max"][-1] == pytest.approx(statistics.fmean(max(r) for r in rewards))
+    with pytest.raises(ValueError, match="same number of samples"):
+        best_of_n_curve([[1.0, 2.0], [1.0]])
+
+
+def test_win_rate_removes_ties():
+    assert win_rate([1, 2, 3, 0], [0, 2, 4, -1]) == {"wins": 2, "losses": 1, "ties": 1, "win_rate": 2 / 3}
+    assert win_rate([1.0], [1.0])["win_rate"] is None
+
+
+def test_best_of_n_plot(tmp_path):
+    from eval.best_of_n import plot_best_of_n
+
+    curves = {"T=1": best_of_n_curve([[0.0, 1.0, 2.0]]), "T=1.2": best_of_n_curve([[1.0, -1.0, 3.0]])}
+    plot_best_of_n(curves, tmp_path / "b.png", title="t")
+    assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+# --- end to end -------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_stage_3_end_to_end_round_by_round(tmp_path, monkeypatch):
+    from stages import base, reward, sft
+    from stages.common import open_registry
+    from stages.recipe import load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    common = [f"runs_dir={tmp_path / 'runs'}", "sft.max_steps=2", "reward.max_steps=2",
+              "sft.heldout=[{source: builtin, n: 8, split: heldout}]"]
+    recipe = load_recipe(RECIPE, overrides=common + ["rejection_sampling.rounds=1"])
+    registry = open_registry(recipe)
+    base.run(recipe, registry)
+    sft_version = sft.run(recipe, registry)
+    helpful_rm, safety_rm = reward.run(recipe, registry)
+
+    sampled = []
+    sample_answers = rs.sample_answers
+
+    def counting(model_path, *args, **kwargs):
+        sampled.append((Path(model_path).name, kwargs["stream"]))
+        return sample_answers(model_path, *args, **kwargs)
+
+    monkeypatch.setattr(rs, "sample_answers", counting)
+    (round1,) = rs.run(recipe, registry)
+    assert round1.id == "rs/v1" and sampled == [(sft_version.path.name, "round-1")]
+
+    # asking for two rounds reuses round 1 and samples only for round 2, from round 1's model
+    two = load_recipe(RECIPE, overrides=common + ["rejection_sampling.rounds=2"])
+    versions = rs.run(two, registry)
+    assert [v.id for v in versions] == ["rs/v1", "rs/v2"] and versions[0].path == round1.path
+    assert sampled[1:] == [("v1", "round-2")]
+
+    round2 = versions[1]
+    assert [p["id"] for p in round1.manifest["parents"]] == ["sft/v1", "rm-helpful/v1", "rm-safety/v1"]
+    assert [p["id"] for p in round2.manifest["parents"]] == ["rs/v1", "rm-helpful/v1", "rm-safety/v1"]
+    lineage = [v.id for v in registry.lineage("rs@latest")]
+    assert lineage[:4] == ["rs/v2", "rs/v1", "sft/v1", "base/v1"] and {"rm-helpful/v1", "rm-safety/v1"} <= set(lineage)
+    assert round2.manifest["recipe_section"]["round"] == 2 and round2.manifest["recipe_section"]["temperature"] == 1.2
+
+    K = two.rejection_sampling.samples_per_prompt
+    for index, version in enumerate(versions, start=1):
+        summary = version.manifest["rejection_sampling"]
+        assert summary["round"] == index and summary["pool"]["targets"] > 0
+        rows = rs.read_jsonl(version.path / rs.SAMPLES_FILE)
+        assert len(rows) == 8 and all(len(r["samples"]) == K and r["round"] == index for r in rows)
+        for row in rows:
+            if row["chosen"] is not None:
+                rewards = [s["reward"] for s in row["samples"] if s["text"].strip()]
+                assert row["samples"][row["chosen"]]["reward"] == max(rewards)
+                assert sum(s["chosen"] for s in row["samples"]) == 1
+        assert (version.path / rs.BEST_OF_N_PNG).stat().st_size > 1000
+        metrics = version.manifest["metrics"]
+        curve = metrics["best_of_n"][f"round {index}, T={rs.round_temperature(two.rejection_sampling, index):g}"]
+        assert curve["n"] == list(range(1, K + 1)) and curve["max"][-1] >= curve["median"][-1]
+        assert metrics["heldout"]["prompts"] == 8 and "oracle_helpful_accuracy" in metrics
+        assert json.loads((version.path / rs.EVAL_FILE).read_text())["heldout"] == metrics["heldout"]
+        assert not (version.path / "checkpoints").exists()
+    # round 2's plot carries round 1's curve too; its pool holds the best of both rounds per prompt
+    assert len(round2.manifest["metrics"]["best_of_n"]) == 2
+    pool1 = rs.read_pool(round1)
+    pool2 = rs.read_pool(round2)
+    assert set(pool1) <= set(pool2) and all(pool2[k].reward >= pool1[k].reward for k in pool1)
+
+    # same seed, same samples: a forced fresh run of round 1 writes identical samples and targets
+    (again,) = rs.run(recipe, registry, force=True)
+    assert again.id == "rs/v3"
+    for name in (rs.SAMPLES_FILE, rs.POOL_FILE):
+        assert (again.path / name).read_bytes() == (round1.path / name).read_bytes()
+
+    # a round interrupted after sampling: --resume continues it without sampling again
+    import stages.sft
+
+    changed = load_recipe(RECIPE, overrides=common + ["rejection_sampling.rounds=1",
+                                                      "rejection_sampling.max_new_tokens=20"])
+    fine_tune = stages.sft.fine_tune
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages.sft, "fine_tune", interrupted)
+    before = len(sampled)
+    with pytest.raises(KeyboardInterrupt):
+        rs.run(changed, registry)
+    assert len(sampled) == before + 1 and [v.number for v in registry.versions("rs")] == [1, 2, 3]
+    monkeypatch.setattr(stages.sft, "fine_tune", fine_tune)
+    (resumed,) = rs.run(changed, registry, resume=True)
+    assert resumed.id == "rs/v4" and len(sampled) == before + 1
