@@ -51,10 +51,14 @@ def source_fingerprint(section: ModelSection) -> dict[str, str]:
         return {"gguf": file_sha256(embedded_gguf())}
     if section.source == "gguf":
         return {"gguf": file_sha256(gguf_path(section))}
-    if section.source == "local":
+    if section.source == "local":  # every file, weights included: a retrained directory is new input
         path = Path(section.path or "")
-        return {"local": hashlib.sha256(b"".join(
-            f.name.encode() + f.read_bytes() for f in sorted(path.glob("*.json")))).hexdigest()}
+        if not path.is_dir():
+            raise RecipeError(f"model.path: '{section.path}' is not a directory with an HF checkpoint")
+        digest = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{f.relative_to(path)}\0{file_sha256(f)}\n".encode())
+        return {"local": digest.hexdigest()}
     if section.source == "hub":
         return {"hub": f"{section.path}@{section.revision or 'main'}"}
     return {"tiny": "random"}

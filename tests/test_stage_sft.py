@@ -169,3 +169,22 @@ def test_loss_ignores_prompt_positions():
     assert int(units) == len(answer_pos)
     assert torch.equal(base_loss, prompt_loss)
     assert not torch.allclose(base_loss, answer_loss)
+
+
+@pytest.mark.slow
+def test_base_imports_a_local_hf_directory(tmp_path):
+    """model.source local: any HF checkpoint directory becomes base/v1, loadable with from_pretrained."""
+    from stages.tiny import build_tiny_model, build_tiny_tokenizer
+
+    src = tmp_path / "hf-model"
+    tok = build_tiny_tokenizer()
+    build_tiny_model(tok, seed=3).save_pretrained(str(src))
+    tok.save_pretrained(str(src))
+    assert cli(tmp_path, "stage", "base", overrides=["model.source=local", f"model.path={src}"]) == 0
+    base = Registry(tmp_path / "tiny").resolve("base@latest")
+    a, b = weights(base.path), load_file(str(src / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert base.manifest["data_fingerprints"]["local"]
+    # a missing directory is a clear recipe error, before any work
+    assert cli(tmp_path, "stage", "base", "--force", overrides=["model.source=local",
+                                                                 f"model.path={tmp_path / 'nope'}"]) == 2
