@@ -114,29 +114,41 @@ class OptimSection:
 
 
 @dataclass
-class SFTSection:
-    """Stage 1: supervised fine-tuning on demonstrations, loss on answer tokens only (§3.1)."""
+class FineTuneSection:
+    """How a stage after SFT fine-tunes on its own targets, "similar to SFT" (§3.2.3): SFT's knobs without its data."""
 
-    parent: str = knob("base@latest", "registry ref of the model to fine-tune")
-    data: list[DataSource] = knob(factory=lambda: [DataSource(source="builtin", n=2000)],
-                                  doc="training demonstrations")
-    heldout: list[DataSource] = knob(factory=lambda: [DataSource(source="builtin", n=100, split="heldout")],
-                                     doc="held-out demonstrations for the eval loss")
-    epochs: float = knob(2.0, "passes over the training data", "epochs", min=0.0)
+    epochs: float = knob(1.0, "passes over the targets (SFT uses 2; here 1, because with start_from: previous "
+                              "the pooled targets of earlier rounds are trained on again every round)", "epochs",
+                         min=0.0)
     max_steps: int | None = knob(None, "stop after this many optimizer steps (caps epochs)", "steps", min=1)
     batch_size: int = knob(64, "sequences per optimizer step (all processes, all accumulation)", "sequences", min=1)
     micro_batch_size: int = knob(4, "sequences per forward pass on one process", "sequences", min=1)
     seq_len: int = knob(4096, "packed sequence length", "tokens", min=8)
     packing: bool = knob(True, "concatenate examples into full sequences (attention kept per example)")
     train_on: Literal["all_assistant", "last_assistant"] = knob(
-        "all_assistant", "which assistant turns carry loss; prompts never do")
-    optim: OptimSection = knob(factory=OptimSection, doc="optimizer and schedule")
+        "last_assistant", "which assistant turns carry loss: the new answer only (earlier turns of a multi-turn "
+                          "prompt were not sampled by the model)")
+    optim: OptimSection = knob(factory=OptimSection, doc="optimizer and schedule (SFT's: lr 2e-5, cosine)")
     lora: LoraSection = knob(factory=LoraSection, doc="LoRA instead of full fine-tuning")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = knob(
         "auto", "auto = bf16 on a GPU that has it, else fp32")
     gradient_checkpointing: bool = knob(False, "recompute activations to save memory")
     checkpoint_every: int = knob(50, "save a resumable training checkpoint every N optimizer steps", "steps", min=1)
     eval_every: int = knob(50, "held-out loss every N optimizer steps", "steps", min=1)
+
+
+@dataclass
+class SFTSection(FineTuneSection):
+    """Stage 1: supervised fine-tuning on demonstrations, loss on answer tokens only (§3.1)."""
+
+    epochs: float = knob(2.0, "passes over the training data (§3.1)", "epochs", min=0.0)
+    train_on: Literal["all_assistant", "last_assistant"] = knob(
+        "all_assistant", "which assistant turns carry loss; prompts never do")
+    parent: str = knob("base@latest", "registry ref of the model to fine-tune")
+    data: list[DataSource] = knob(factory=lambda: [DataSource(source="builtin", n=2000)],
+                                  doc="training demonstrations")
+    heldout: list[DataSource] = knob(factory=lambda: [DataSource(source="builtin", n=100, split="heldout")],
+                                     doc="held-out demonstrations for the eval loss")
     oracle_eval: int = knob(0, "after training, answer this many built-in held-out prompts and judge them", min=0)
 
 
@@ -187,30 +199,6 @@ class RewardSection:
     gradient_checkpointing: bool = knob(False, "recompute activations to save memory")
     checkpoint_every: int = knob(50, "save a resumable training checkpoint every N steps", "steps", min=1)
     eval_every: int = knob(50, "held-out loss and accuracy every N steps", "steps", min=1)
-
-
-@dataclass
-class FineTuneSection:
-    """How a stage after SFT fine-tunes on its own targets, "similar to SFT" (§3.2.3): SFT's knobs without its data."""
-
-    epochs: float = knob(1.0, "passes over the targets (SFT uses 2; here 1, because with start_from: previous "
-                              "the pooled targets of earlier rounds are trained on again every round)", "epochs",
-                         min=0.0)
-    max_steps: int | None = knob(None, "stop after this many optimizer steps (caps epochs)", "steps", min=1)
-    batch_size: int = knob(64, "sequences per optimizer step (all processes, all accumulation)", "sequences", min=1)
-    micro_batch_size: int = knob(4, "sequences per forward pass on one process", "sequences", min=1)
-    seq_len: int = knob(4096, "packed sequence length", "tokens", min=8)
-    packing: bool = knob(True, "concatenate examples into full sequences (attention kept per example)")
-    train_on: Literal["all_assistant", "last_assistant"] = knob(
-        "last_assistant", "which assistant turns carry loss: the new answer only (earlier turns of a multi-turn "
-                          "prompt were not sampled by the model)")
-    optim: OptimSection = knob(factory=OptimSection, doc="optimizer and schedule (SFT's: lr 2e-5, cosine)")
-    lora: LoraSection = knob(factory=LoraSection, doc="LoRA instead of full fine-tuning")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = knob(
-        "auto", "auto = bf16 on a GPU that has it, else fp32")
-    gradient_checkpointing: bool = knob(False, "recompute activations to save memory")
-    checkpoint_every: int = knob(50, "save a resumable training checkpoint every N optimizer steps", "steps", min=1)
-    eval_every: int = knob(50, "held-out loss every N optimizer steps", "steps", min=1)
 
 
 @dataclass
