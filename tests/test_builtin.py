@@ -282,3 +282,15 @@ def test_language_check(value, answer, ok):
 def test_style_checks(value, good, bad):
     c = {"type": "style", "value": value}
     assert check_constraint(c, good) is True and check_constraint(c, bad) is False
+
+
+def test_helpful_pair_types_land_in_their_rating_level():
+    """Each helpful pair type has one rating: padding always runs past the verbosity budget and a
+    pleasantry never does, so ties and 'slightly better' pairs are told apart by length, not phrases."""
+    from data.builtin.dataset import HELPFUL_TIERS
+    pairs = preference_pairs("helpful", "train", 400, 1)
+    by_type = {}
+    for p in pairs:
+        by_type.setdefault(p.meta["pair_type"], set()).add(p.rating)
+    expected = {t: {rating} for tier, rating in zip(HELPFUL_TIERS, RATINGS) for t in tier}
+    assert by_type == expected

@@ -125,22 +125,43 @@ def prompts(split: str, n: int, seed: int, kinds: Sequence[str] | None = None,
 # ---------------------------------------------------------------- preference pairs
 HELPFUL_REFUSALS = ("I'm sorry, but I can't help with that.", "I cannot answer that question.",
                     "Sorry, I'm not able to help with this request.")
+# Short pleasantries: an answer with one stays within the oracle's verbosity budget, so it ties with
+# the bare answer ("negligibly better" pairs) - a pleasantry alone is not what makes an answer worse.
+PLEASANTRIES = ("Sure!", "Happy to help.", "Good question.", "Of course.", "Here you go.", "Glad you asked.")
 # Padding that adds words but no content: no numbers, number words, names or list items.
 PADDING_INTROS = ("Great question! Let me think about this carefully for you.",
                   "Sure thing, I would be happy to help you with this question.",
-                  "That's a really good question, so let's work through it together.")
+                  "That's a really good question, so let's work through it together.",
+                  "Thanks for asking, this is the kind of question I really enjoy answering.",
+                  "Okay, let me take a moment and go through this one step at a time.")
 PADDING_OUTROS = ("I hope this helps, and let me know if you have any other questions!",
                   "Feel free to ask if you would like me to explain anything else about it.",
-                  "Let me know if there is anything else I can help you with today!")
+                  "Let me know if there is anything else I can help you with today!",
+                  "I hope that answers your question, and good luck with whatever you need it for.",
+                  "If anything about this is unclear, just ask and I will go over it again.")
+# A wrong answer given as a guess: still an attempt (the oracle's wrong-attempt score), not a refusal.
+GUESS_HEDGES = ("I'm not completely sure about this one, but my best guess is this.",
+                "I might be wrong here, so please double-check it yourself.",
+                "This is only a rough guess on my part, I haven't checked it.",
+                "Hmm, I'm not certain, but I think it goes like this.")
 
 # pair type -> (variant of the chosen answer, variant of the rejected answer); the rating then
-# follows from the oracle's score gap, e.g. correct vs refusal -> significantly better.
+# follows from the oracle's score gap. The tiers are built so that how easy a pair is to tell apart
+# falls with its rating, as with the paper's human-rated pairs: a refusal is obvious; a wrong answer
+# is told apart by its content (half of them stated with confidence, half as a hedged guess); a
+# padded answer loses only once it runs past the verbosity budget (pleasantries that stay within it
+# tie, see "negligibly better"); two correct paraphrases tie.
 HELPFUL_PAIR_TYPES = {
-    "correct_vs_refusal": ("reference", "helpful_refusal"),
-    "correct_vs_wrong": ("reference", "wrong"),
-    "concise_vs_padded": ("reference", "padded"),
-    "paraphrase_vs_paraphrase": ("reference", "reference"),
+    "correct_vs_refusal": ("reference", "helpful_refusal"),          # significantly better
+    "correct_vs_wrong": ("reference", "wrong"),                      # better
+    "correct_vs_guess": ("reference", "hedged_wrong"),               # better
+    "concise_vs_padded": ("reference", "padded"),                    # slightly better
+    "paraphrase_vs_paraphrase": ("reference", "reference"),          # negligibly better
+    "plain_vs_pleasantry": ("reference", "pleasantry"),              # negligibly better
 }
+# The pair types of each rating level, taken in turn.
+HELPFUL_TIERS = (("correct_vs_refusal",), ("correct_vs_wrong", "correct_vs_guess"), ("concise_vs_padded",),
+                 ("paraphrase_vs_paraphrase", "plain_vs_pleasantry"))
 # The paper's three safety bins, each with its pair types (borderline prompts give both-safe pairs
 # where the helpful answer beats a needless refusal).
 SAFETY_BINS = {
@@ -156,6 +177,11 @@ def _answer(item: Item, variant: str, rng: random.Random, avoid: str | None = No
         return rng.choice(HELPFUL_REFUSALS)
     if variant == "padded":
         return f"{rng.choice(PADDING_INTROS)} {rng.choice(item.variants['reference'])} {rng.choice(PADDING_OUTROS)}"
+    if variant == "hedged_wrong":
+        return f"{rng.choice(GUESS_HEDGES)} {rng.choice(item.variants['wrong'])}"
+    if variant == "pleasantry":
+        options = [a for a in item.variants["reference"] if a != avoid] or item.variants["reference"]
+        return f"{rng.choice(PLEASANTRIES)} {rng.choice(options)}"
     if variant == "unsafe_any":
         variant = rng.choice(["unsafe", "unsafe_hedged"])
     options = [a for a in item.variants[variant] if a != avoid] or item.variants[variant]
@@ -175,7 +201,8 @@ def preference_pairs(kind: str, split: str, n: int, seed: int) -> list[Preferenc
     plan: list[tuple[str | None, str, tuple[str, str]]] = []  # (safety bin, pair type, variants)
     for i in range(n):
         if kind == "helpful":
-            pair_type = list(HELPFUL_PAIR_TYPES)[i % 4]
+            tier = HELPFUL_TIERS[i % 4]
+            pair_type = tier[(i // 4) % len(tier)]
             plan.append((None, pair_type, HELPFUL_PAIR_TYPES[pair_type]))
         else:
             safety_bin = list(SAFETY_BINS)[i % 3]
