@@ -28,6 +28,10 @@ def oracle_eval(model: Any, tokenizer: Any, recipe: Any, n: int | None = None, t
     from data import builtin
     from data.builtin.oracle import score_answers
 
+    import torch
+
+    if torch.cuda.is_available() and next(model.parameters()).device.type != "cuda":
+        model = model.to("cuda")  # answering on the CPU of a GPU machine would take most of the stage
     n = n or recipe.eval.oracle_prompts
     prompts = builtin.prompts(split=split, n=n, seed=recipe.seed)
     answers = answer(model, tokenizer, prompts, template, recipe.eval.max_new_tokens, recipe.eval.batch_size)
