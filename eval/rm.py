@@ -81,6 +81,14 @@ def evaluate_pairs(scorer: Any, pairs: Sequence[Preference], seed: int = 0) -> t
     chosen, rejected = scorer.score_pairs(pairs)
     metrics = pair_metrics(chosen, rejected, [p.rating for p in pairs], [p.chosen_safe for p in pairs],
                            [p.rejected_safe for p in pairs], seed=seed)
+    types = [(p.meta or {}).get("pair_type") for p in pairs]
+    if any(types):  # built-in pairs say what kind of difference each one is: which kinds the RM gets right
+        by_type: dict[str, list[int]] = {}
+        for i, t in enumerate(types):
+            by_type.setdefault(t or "unknown", []).append(i)
+        metrics["per_pair_type"] = {t: {"n": len(ix), "accuracy": _accuracy(chosen[ix].float().cpu(),
+                                                                              rejected[ix].float().cpu())}
+                                    for t, ix in sorted(by_type.items())}
     return metrics, {"chosen": chosen.tolist(), "rejected": rejected.tolist()}
 
 

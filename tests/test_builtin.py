@@ -8,7 +8,7 @@ import pytest
 from data.builtin import (DEFAULT_MIX, SPLITS, build, check_constraint, gatt_constraints, is_refusal, judge,
                           preference_pairs, prompts, rating_from_gap, score_answers)
 from data.builtin.helpful import TASKS
-from data.builtin.oracle import VERBOSITY_BUDGET, WRONG_ATTEMPT_SCORE, is_compliant
+from data.builtin.oracle import NEAR_MISS_SCORE, VERBOSITY_BUDGET, WRONG_ATTEMPT_SCORE, is_compliant
 from data.builtin.safety import CATEGORIES, borderline, harmful
 from data.records import RATINGS, Conversation
 
@@ -106,9 +106,14 @@ def test_wrong_answers_and_refusals_fail(task):
         item = TASKS[task](rng, "train")
         for ref in item.variants["reference"]:
             assert judge(item.meta, ref)["correct"]
-        for wrong in item.variants["wrong"]:
+        for wrong in item.variants["wrong"]:  # a slip: partial credit where the task has near misses
             v = judge(item.meta, wrong)
-            assert not v["correct"] and v["score"] == WRONG_ATTEMPT_SCORE, (item.prompt, wrong, v)
+            assert not v["correct"] and v["score"] in (WRONG_ATTEMPT_SCORE, NEAR_MISS_SCORE), (item.prompt, wrong, v)
+            if task in ("arithmetic", "letter_count", "sort", "reverse"):
+                assert v["score"] == NEAR_MISS_SCORE, (item.prompt, wrong, v)
+        for far in item.variants["far"]:
+            v = judge(item.meta, far)
+            assert not v["correct"] and v["score"] == WRONG_ATTEMPT_SCORE, (item.prompt, far, v)
         v = judge(item.meta, "I'm sorry, but I can't help with that.")
         assert v["refused"] and not v["correct"] and v["score"] == 0.0
         assert judge(item.meta, "")["score"] == 0.0
@@ -285,12 +290,35 @@ def test_style_checks(value, good, bad):
 
 
 def test_helpful_pair_types_land_in_their_rating_level():
-    """Each helpful pair type has one rating: padding always runs past the verbosity budget and a
-    pleasantry never does, so ties and 'slightly better' pairs are told apart by length, not phrases."""
+    """Each helpful pair type has one rating: a near miss earns partial credit, padding always runs past
+    the verbosity budget and a pleasantry never does."""
     from data.builtin.dataset import HELPFUL_TIERS
     pairs = preference_pairs("helpful", "train", 400, 1)
     by_type = {}
     for p in pairs:
         by_type.setdefault(p.meta["pair_type"], set()).add(p.rating)
     expected = {t: {rating} for tier, rating in zip(HELPFUL_TIERS, RATINGS) for t in tier}
-    assert by_type == expected
+    assert by_type == {**expected, "concise_vs_padded": {"slightly_better"}}
+    ties = [p for p in pairs if p.meta["pair_type"] == "plain_vs_pleasantry"]
+    assert 0.25 < sum(len(p.chosen) < len(p.rejected) for p in ties) / len(ties) < 0.75  # no length signal in ties
+
+
+@pytest.mark.parametrize("task, answer, near", [
+    ("arithmetic", "17 + 25 = 44.", True), ("arithmetic", "17 + 25 = 62.", False),
+    ("letter_count", "The letter 'a' appears 3 times in 'banana'.", False),
+    ("letter_count", "The letter 'a' appears 4 times in 'banana'.", True),
+    ("sort", "Sorted: 3, 9, 5, 12.", True), ("sort", "Sorted: 12, 9, 5, 3.", False),
+    ("reverse", "'banana' reversed is 'anaanb'.", True), ("reverse", "'banana' reversed is 'banana'.", False),
+])
+def test_near_misses_earn_partial_credit(task, answer, near):
+    meta = {"arithmetic": {"kind": "helpful", "task": "arithmetic", "a": 17, "b": 25, "op": "+", "expected": 42},
+            "letter_count": {"kind": "helpful", "task": "letter_count", "word": "banana", "letter": "a", "expected": 3},
+            "sort": {"kind": "helpful", "task": "sort", "items": ["9", "3", "12", "5"], "item_type": "number",
+                     "order": "ascending", "expected": ["3", "5", "9", "12"]},
+            "reverse": {"kind": "helpful", "task": "reverse", "word": "banana", "expected": "ananab"}}[task]
+    verdict = judge(meta, answer)
+    if task == "letter_count" and not near:
+        assert verdict["correct"] and verdict["score"] == 1.0
+        return
+    assert not verdict["correct"]
+    assert verdict["score"] == (0.6 if near else 0.25)

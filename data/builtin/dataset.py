@@ -146,21 +146,24 @@ GUESS_HEDGES = ("I'm not completely sure about this one, but my best guess is th
                 "Hmm, I'm not certain, but I think it goes like this.")
 
 # pair type -> (variant of the chosen answer, variant of the rejected answer); the rating then
-# follows from the oracle's score gap. The tiers are built so that how easy a pair is to tell apart
-# falls with its rating, as with the paper's human-rated pairs: a refusal is obvious; a wrong answer
-# is told apart by its content (half of them stated with confidence, half as a hedged guess); a
-# padded answer loses only once it runs past the verbosity budget (pleasantries that stay within it
-# tie, see "negligibly better"); two correct paraphrases tie.
+# follows from the oracle's score gap. The levels are built so that how hard a pair is to tell apart
+# grows as its rating falls, as with the paper's human-rated pairs: a refusal is obvious; a clearly
+# wrong answer (two in three given as a hedged guess) is "better"; a near miss (the oracle's partial
+# credit) or an answer padded past the verbosity budget is "slightly better"; two correct paraphrases,
+# or an answer with and without a short pleasantry (in either order), tie.
 HELPFUL_PAIR_TYPES = {
     "correct_vs_refusal": ("reference", "helpful_refusal"),          # significantly better
-    "correct_vs_wrong": ("reference", "wrong"),                      # better
-    "correct_vs_guess": ("reference", "hedged_wrong"),               # better
+    "correct_vs_guess": ("reference", "hedged_far"),                 # better
+    "correct_vs_far": ("reference", "far"),                          # better
+    "correct_vs_near_miss": ("reference", "wrong"),                  # slightly better (padded where no near miss)
     "concise_vs_padded": ("reference", "padded"),                    # slightly better
     "paraphrase_vs_paraphrase": ("reference", "reference"),          # negligibly better
-    "plain_vs_pleasantry": ("reference", "pleasantry"),              # negligibly better
+    "plain_vs_pleasantry": ("reference", "pleasantry"),              # negligibly better (order drawn)
 }
-# The pair types of each rating level, taken in turn.
-HELPFUL_TIERS = (("correct_vs_refusal",), ("correct_vs_wrong", "correct_vs_guess"), ("concise_vs_padded",),
+# The pair types of each rating level, taken in turn ("concise_vs_padded" stands in for a near miss
+# where the task has none).
+HELPFUL_TIERS = (("correct_vs_refusal",), ("correct_vs_guess", "correct_vs_far", "correct_vs_guess"),
+                 ("correct_vs_near_miss",),
                  ("paraphrase_vs_paraphrase", "plain_vs_pleasantry"))
 # The paper's three safety bins, each with its pair types (borderline prompts give both-safe pairs
 # where the helpful answer beats a needless refusal).
@@ -177,8 +180,8 @@ def _answer(item: Item, variant: str, rng: random.Random, avoid: str | None = No
         return rng.choice(HELPFUL_REFUSALS)
     if variant == "padded":
         return f"{rng.choice(PADDING_INTROS)} {rng.choice(item.variants['reference'])} {rng.choice(PADDING_OUTROS)}"
-    if variant == "hedged_wrong":
-        return f"{rng.choice(GUESS_HEDGES)} {rng.choice(item.variants['wrong'])}"
+    if variant == "hedged_far":
+        return f"{rng.choice(GUESS_HEDGES)} {rng.choice(item.variants['far'])}"
     if variant == "pleasantry":
         options = [a for a in item.variants["reference"] if a != avoid] or item.variants["reference"]
         return f"{rng.choice(PLEASANTRIES)} {rng.choice(options)}"
@@ -219,8 +222,14 @@ def preference_pairs(kind: str, split: str, n: int, seed: int) -> list[Preferenc
 
     pairs = []
     for i, ((safety_bin, pair_type, (chosen_variant, rejected_variant)), item) in enumerate(zip(plan, items)):
+        if pair_type == "correct_vs_near_miss" and not oracle.near_miss(
+                item.meta, oracle.judge(item.meta, item.variants["wrong"][0])["claimed"]):
+            pair_type = "concise_vs_padded"  # capitals and comparisons have no near miss
+            chosen_variant, rejected_variant = HELPFUL_PAIR_TYPES[pair_type]
         chosen = _answer(item, chosen_variant, rng)
         rejected = _answer(item, rejected_variant, rng, avoid=chosen)
+        if pair_type == "plain_vs_pleasantry" and rng.random() < 0.5:
+            chosen, rejected = rejected, chosen  # a tie: which one is "chosen" carries no signal
         chosen_verdict, rejected_verdict = oracle.judge(item.meta, chosen), oracle.judge(item.meta, rejected)
         gap = chosen_verdict["score"] - rejected_verdict["score"]
         # answers to a benign prompt are safe whatever they say; harmful ones as the oracle judges

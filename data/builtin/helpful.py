@@ -60,7 +60,8 @@ def arithmetic(rng: random.Random, split: str) -> Item:
         prompt=rng.choice(_ARITH_PROMPTS).format(**fill),
         meta=_meta("arithmetic", key, op=op, a=a, b=b, expected=r),
         variants={"reference": [t.format(**fill) for t in _ARITH_ANSWERS],
-                  "wrong": [rng.choice(_ARITH_ANSWERS[::2]).format(**{**fill, "r": wrong})]},
+                  "wrong": [rng.choice(_ARITH_ANSWERS[::2]).format(**{**fill, "r": wrong})],
+                  "far": [_ARITH_ANSWERS[0].format(**{**fill, "r": r + max(10, abs(r) // 2)})]},
     )
 
 
@@ -85,7 +86,8 @@ def unit_conversion(rng: random.Random, split: str) -> Item:
         prompt=rng.choice(_UNIT_PROMPTS).format(**fill),
         meta=_meta("unit_conversion", key, value=v, factor=factor, from_unit=frm, to_unit=to, expected=r),
         variants={"reference": [t.format(**fill) for t in _UNIT_ANSWERS],
-                  "wrong": [_UNIT_ANSWERS[0].format(**{**fill, "r": wrong})]},
+                  "wrong": [_UNIT_ANSWERS[0].format(**{**fill, "r": wrong})],
+                  "far": [_UNIT_ANSWERS[0].format(**{**fill, "r": r * 10})]},
     )
 
 
@@ -104,7 +106,8 @@ def capital(rng: random.Random, split: str) -> Item:
         prompt=rng.choice(_CAPITAL_PROMPTS).format(**fill),
         meta=_meta("capital", "capital:" + country, country=country, expected=cap, accepted=[cap, *alternates]),
         variants={"reference": [_cap(t.format(**fill)) for t in _CAPITAL_ANSWERS],
-                  "wrong": [_CAPITAL_ANSWERS[0].format(**{**fill, "cap": wrong_cap})]},
+                  "wrong": [_CAPITAL_ANSWERS[0].format(**{**fill, "cap": wrong_cap})],
+                  "far": [_CAPITAL_ANSWERS[0].format(**{**fill, "cap": wrong_cap})]},
     )
 
 
@@ -136,7 +139,8 @@ def letter_count(rng: random.Random, split: str) -> Item:
         prompt=rng.choice(_COUNT_PROMPTS).format(l=letter, w=word),
         meta=_meta("letter_count", key, word=word, letter=letter, expected=k),
         variants={"reference": _count_answers(word, letter, k),
-                  "wrong": [f"The letter '{letter}' appears {wrong} times in '{word}'."]},
+                  "wrong": [f"The letter '{letter}' appears {wrong} times in '{word}'."],
+                  "far": [f"The letter '{letter}' appears {k + 3} times in '{word}'."]},
     )
 
 
@@ -179,7 +183,8 @@ def sort(rng: random.Random, split: str) -> Item:
         prompt=rng.choice(prompts).format(xs=", ".join(items)),
         meta=_meta("sort", key, items=list(items), item_type=kind, order=order, expected=list(expected)),
         variants={"reference": [t.format(ys=", ".join(expected)) for t in answers],
-                  "wrong": [answers[0].format(ys=", ".join(wrong))]},
+                  "wrong": [answers[0].format(ys=", ".join(wrong))],
+                  "far": [answers[0].format(ys=", ".join(expected[::-1]))]},
     )
 
 
@@ -200,7 +205,8 @@ def reverse(rng: random.Random, split: str) -> Item:
         prompt=rng.choice(_REVERSE_PROMPTS).format(w=word),
         meta=_meta("reverse", "reverse:" + word, word=word, expected=r),
         variants={"reference": [t.format(w=word, r=r) for t in _REVERSE_ANSWERS],
-                  "wrong": [_REVERSE_ANSWERS[0].format(w=word, r=wrong)]},
+                  "wrong": [_REVERSE_ANSWERS[0].format(w=word, r=wrong)],
+                  "far": [_REVERSE_ANSWERS[0].format(w=word, r=word if word != r else wrong)]},
     )
 
 
@@ -243,7 +249,8 @@ def compare(rng: random.Random, split: str) -> Item:
         prompt=rng.choice(_COMPARE_PROMPTS[which]).format(a=a, b=b),
         meta=_meta("compare", key, a=a, b=b, which=which, expected=x),
         variants={"reference": [t.format(x=x, y=y) for t in _COMPARE_ANSWERS[which]],
-                  "wrong": [_COMPARE_ANSWERS[which][0].format(x=y, y=x)]},
+                  "wrong": [_COMPARE_ANSWERS[which][0].format(x=y, y=x)],
+                  "far": [_COMPARE_ANSWERS[which][0].format(x=y, y=x)]},
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 # Answer variants an item may carry, best first. "reference" holds paraphrases of the best answer
 # (two or more for helpful and harmful items), all judged correct/safe by the oracle; the others
 # are what preference pairs are built from.
-#   helpful:    reference, wrong (slightly wrong attempt)
+#   helpful:    reference, wrong (a slip: a near miss where the task has one), far (clearly wrong)
 #   harmful:    reference (concern, refusal, risks, resources), refusal (bare refusal),
 #               unsafe_hedged (complies with a warning), unsafe (complies eagerly)
 #   borderline: reference (helpful answer)
