@@ -42,7 +42,10 @@ def reward_model_from_causal_lm(causal_lm: Any, pad_token_id: int | None = None,
         raise ValueError("the reward model needs config.pad_token_id to find the last real token of a padded "
                          "sequence; import the base model with stage 0, which sets a pad distinct from eos")
     dtype = next(causal_lm.parameters()).dtype
-    model = AutoModelForSequenceClassification.from_config(config, dtype=dtype)
+    from stages.checkpoint import whole_model_init
+
+    with whole_model_init():
+        model = AutoModelForSequenceClassification.from_config(config, dtype=dtype)
     model.config.architectures = [type(model).__name__]
     backbone = getattr(model, model.base_model_prefix)
     source = getattr(causal_lm, causal_lm.base_model_prefix)

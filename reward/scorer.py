@@ -30,7 +30,10 @@ class RewardScorer:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
             path = str(model_dir_or_model)
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+            from stages.checkpoint import whole_model_init
+
+            with whole_model_init():
+                model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
         else:
             model = model_dir_or_model

@@ -94,7 +94,8 @@ def run(recipe: Recipe, registry: Registry, force: bool = False, resume: bool = 
             from stages.checkpoint import load_causal_lm
             from eval.oracle import oracle_eval
 
-            merged = load_causal_lm(run.workdir, registry) if section.lora.enabled else model
+            # the checkpoint as saved: whole (the trained model may be sharded under ZeRO-3), LoRA merged
+            merged = load_causal_lm(run.workdir, registry)
             run.metrics.update(oracle_eval(merged, tokenizer, recipe, n=section.oracle_eval,
                                            template=recipe.model.template))
 

@@ -116,6 +116,12 @@ def plan_steps(n_examples: int, settings: TrainSettings, world: int) -> tuple[in
     return grad_accum, steps_per_epoch, total
 
 
+def example_length(example: dict[str, Any]) -> int:
+    """Tokens of the longest sequence an example puts into a batch row (what padding is sized by)."""
+    keys = [k for k in ("input_ids", "chosen_ids", "rejected_ids") if k in example]
+    return max((len(example[k]) for k in keys), default=0)
+
+
 def step_examples(step: int, n: int, steps_per_epoch: int, batch_size: int, seed: int) -> list[int]:
     """Indices of the examples in optimizer step ``step`` (all processes)."""
     epoch, index = divmod(step, steps_per_epoch)
@@ -215,6 +221,9 @@ class Trainer:
         indices = step_examples(step, len(self.train_examples), self.steps_per_epoch, self.settings.batch_size,
                                 self.settings.seed)
         mbs = self.settings.micro_batch_size
+        # Longest first, so each micro-batch holds examples of similar length and pads little; the step's
+        # loss is a sum over all of its examples, so how they are grouped does not change the update.
+        indices = sorted(indices, key=lambda i: -example_length(self.train_examples[i]))
         chunks = [indices[i:i + mbs] for i in range(0, len(indices), mbs)]
         mine = chunks[acc.process_index::acc.num_processes]
         return [self.to_device(self.collate([self.train_examples[i] for i in c])) for c in mine]
@@ -238,13 +247,19 @@ class Trainer:
         total = torch.zeros(2, dtype=torch.float64, device=acc.device)
         extras: dict[str, float] = {}
         shard = self.heldout_examples[acc.process_index::acc.num_processes]
-        for i in range(0, len(shard), mbs):
-            batch = self.to_device(self.collate(shard[i:i + mbs]))
+        # Every process runs the same number of forward passes: under ZeRO-3 (and FSDP) each forward
+        # gathers parameters from all processes, so a process with one batch fewer would leave the
+        # others waiting. A process whose shard has run out scores a stand-in batch and discards it.
+        n_batches = -(-math.ceil(len(self.heldout_examples) / acc.num_processes) // mbs)
+        for b in range(n_batches):
+            examples = shard[b * mbs:(b + 1) * mbs]
+            batch = self.to_device(self.collate(examples or self.heldout_examples[:1]))
             with acc.autocast():
                 loss_sum, units, extra = self.loss_fn(self.model, batch)
-            total += torch.stack([loss_sum.double(), units.double()])
+            keep = 1.0 if examples else 0.0  # the extras' keys still register, so every process reduces the same
+            total += keep * torch.stack([loss_sum.double(), units.double()])
             for k, v in extra.items():
-                extras[k] = extras.get(k, 0.0) + float(v)
+                extras[k] = extras.get(k, 0.0) + keep * float(v)
         total = acc.reduce(total, reduction="sum")
         self.model.train()
         out = {"heldout_loss": float(total[0] / total[1].clamp(min=1))}

@@ -80,3 +80,31 @@ def test_accelerate_deepspeed_zero2_on_cpu_matches_one(single, tmp_path):
     launch([str(BIN / "accelerate"), "launch", "--config_file",
             str(ROOT / "recipes" / "accelerate" / "cpu-zero2.yaml")], runs)
     assert_same_training(runs, single[0], single[1])
+
+
+@pytest.mark.skipif(not shutil.which("accelerate", path=str(BIN)), reason="accelerate CLI not installed")
+def test_accelerate_deepspeed_zero3_pipeline_on_cpu(single, tmp_path):
+    """ZeRO-3 shards the parameters: SFT (with its oracle evaluation), both reward models and the
+    rejection-sampling rounds in one process per rank, as `accelerate launch ... -m stages pipeline` runs
+    them. Models loaded beside the live engine (to score, sample or evaluate) must load whole, or the main
+    process waits for collectives the others never join; every saved model must load whole too."""
+    pytest.importorskip("deepspeed")
+    from transformers import AutoModelForSequenceClassification
+
+    runs = tmp_path / "zero3"
+    copy_base(single[0], runs)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(BIN / "accelerate"), "launch", "--config_file",
+                           str(ROOT / "recipes" / "accelerate" / "cpu-zero3.yaml"), "-m", "stages", "pipeline",
+                           "--until", "rejection_sampling", "--recipe", TINY, "--set", f"runs_dir={runs}",
+                           "--set", "sft.oracle_eval=8", "--set", "rejection_sampling.train.micro_batch_size=2"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    registry = Registry(runs / "tiny")
+    for name in ("rm-helpful", "rm-safety"):
+        version = registry.resolve(f"{name}@latest")
+        model = AutoModelForSequenceClassification.from_pretrained(version.path)
+        assert all(torch.isfinite(p).all() and p.numel() for p in model.parameters())
+        assert version.manifest["metrics"]["steps"] > 0
+    assert registry.resolve("rs@latest").id == "rs/v2"
+    assert "oracle_helpful_accuracy" in registry.resolve("sft@latest").manifest["metrics"]
