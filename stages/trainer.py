@@ -108,6 +108,11 @@ def plan_steps(n_examples: int, settings: TrainSettings, world: int) -> tuple[in
     grad_accum = settings.batch_size // per_pass
     steps_per_epoch = max(1, n_examples // settings.batch_size)
     if n_examples < settings.batch_size:
+        if world > 1 and math.ceil(n_examples / settings.micro_batch_size) % world:
+            # every process must run as many forward/backward passes as the others
+            raise RecipeError(f"only {n_examples} examples for a batch of {settings.batch_size}: they do not split "
+                              f"into micro-batches of {settings.micro_batch_size} evenly over {world} processes; "
+                              f"use more data or a smaller batch_size")
         log.warning("only %d examples for a batch of %d: one smaller step per epoch", n_examples,
                     settings.batch_size)
     total = max(1, math.ceil(steps_per_epoch * settings.epochs))

@@ -188,3 +188,16 @@ def test_base_imports_a_local_hf_directory(tmp_path):
     # a missing directory is a clear recipe error, before any work
     assert cli(tmp_path, "stage", "base", "--force", overrides=["model.source=local",
                                                                  f"model.path={tmp_path / 'nope'}"]) == 2
+
+
+def test_plan_steps_refuses_a_small_batch_that_cannot_split_over_processes():
+    from stages.recipe import RecipeError, SFTSection
+    from stages.trainer import TrainSettings, example_length, plan_steps
+
+    settings = TrainSettings.from_section(SFTSection(batch_size=8, micro_batch_size=2), 0)
+    assert plan_steps(100, settings, 2) == (2, 12, 24)
+    assert plan_steps(4, settings, 2)[2] == 2  # 4 examples: 2 micro-batches, one per process
+    with pytest.raises(RecipeError, match="evenly over 2 processes"):
+        plan_steps(5, settings, 2)  # 3 micro-batches for 2 processes
+    assert example_length({"chosen_ids": [1, 2, 3], "rejected_ids": [1]}) == 3
+    assert example_length({"input_ids": [1, 2]}) == 2
