@@ -2,9 +2,11 @@
 none, small and large on one recipe's data, their test accuracy per preference rating.
 
 Each margin is one run of the ordinary stage (`chatalign stage reward --set reward.margin=X`), so each gives
-new rm-helpful / rm-safety versions (a margin already run is reused). All margins start from the same parent:
-the recipe's `reward.parent` (sft@latest by default) is resolved once and pinned. The numbers are read back
-from the versions' manifests (metrics eval_<test set>: accuracy overall and per rating).
+new rm-helpful / rm-safety versions (a margin already run, e.g. by `chatalign pipeline` with the recipe's own
+margin, is reused). All margins must start from the same parent: the recipe's `reward.parent` (sft@latest by
+default) is resolved once, and every version made is checked against it (the recipe's ref is passed on
+unchanged, so that versions made by the pipeline match). The numbers are read back from the versions'
+manifests (metrics eval_<test set>: accuracy overall and per rating).
 
     python bench/rm_margins.py --recipe recipes/smollm2-135m.yaml --append-to docs/REWARD_MODELS.md
     python bench/rm_margins.py --recipe recipes/smollm2-rm-real.yaml --margins small --prepare \\
@@ -42,15 +44,15 @@ def cli(args, *command: str, overrides: list[str] = ()) -> list[dict]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
-def pinned_parent(args) -> str:
-    """The recipe's reward.parent resolved to one version (e.g. sft@latest -> sft@v3)."""
+def pinned_parent(args):
+    """The recipe's reward.parent resolved to one version (e.g. sft@latest -> sft/v3)."""
     from stages.common import open_registry
     from stages.recipe import load_recipe
     from stages.registry import RegistryError
 
     recipe = load_recipe(args.recipe, args.overrides)
     try:
-        return open_registry(recipe).resolve(recipe.reward.parent).ref
+        return open_registry(recipe).resolve(recipe.reward.parent)
     except RegistryError as err:
         stage = recipe.reward.parent.split("@")[0]
         raise SystemExit(f"reward.parent '{recipe.reward.parent}' of {args.recipe}: {err}. Run `chatalign pipeline "
@@ -152,9 +154,14 @@ def main() -> None:
     runs = {}
     for margin in args.margins:
         runs[margin] = cli(args, "stage", "reward", *(["--force"] if args.force else []),
-                           overrides=[f"reward.margin={margin}", f"reward.parent={parent}"])
+                           overrides=[f"reward.margin={margin}"])
+        for out in runs[margin]:
+            parents = json.loads((Path(out["path"]) / "manifest.json").read_text())["parents"]
+            if [p["id"] for p in parents] != [parent.id]:
+                raise SystemExit(f"{out['version']} was trained from {[p['id'] for p in parents]}, not {parent.id}: "
+                                 f"'{recipe.reward.parent}' moved while the margins ran; run the script again")
     tables, versions = collect(runs, test_set_labels(args))
-    text = section(args, tables, versions, parent)
+    text = section(args, tables, versions, parent.ref)
     print(text)
     for target in args.append_to:
         print(f"{write(Path(target), text, recipe.name)} {target}")

@@ -158,3 +158,24 @@ def test_stage_2_end_to_end_on_the_tiny_recipe(tmp_path, monkeypatch):
     scores = load_scorer(versions[1].path, device="cpu").score([[{"role": "user", "content": "Hi"}]], ["Hello."])
     assert scores.shape == (1,) and torch.isfinite(scores).all()
     assert [v.id for v in reward.run(recipe, registry)] == ["rm-helpful/v1", "rm-safety/v1"]
+
+
+@pytest.mark.slow
+def test_margin_ablation_script_reuses_the_pipelines_rms(tmp_path):
+    """bench/rm_margins.py trains each margin from one parent and reuses the recipe's own margin's RMs."""
+    import subprocess
+    import sys
+
+    from stages.cli import main
+
+    root = Path(__file__).resolve().parent.parent
+    recipe, runs = str(root / "recipes" / "tiny.yaml"), f"runs_dir={tmp_path}"
+    assert main(["pipeline", "--until", "reward", "--recipe", recipe, "--set", runs]) == 0
+    out = tmp_path / "tables.md"
+    proc = subprocess.run([sys.executable, str(root / "bench" / "rm_margins.py"), "--recipe", recipe, "--set", runs,
+                           "--margins", "small", "none", "--append-to", str(out)],
+                          cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "rm-helpful@v1 (margin small" in text and "rm-helpful@v2 (margin none" in text  # small was reused
+    assert "| margin none |" in text and "Safety RM" in text
