@@ -25,10 +25,10 @@ def answer(model: Any, tokenizer: Any, prompts: list[Conversation], template: st
 def oracle_eval(model: Any, tokenizer: Any, recipe: Any, n: int | None = None, template: str = "model",
                 split: str = "heldout") -> dict[str, Any]:
     """Oracle scores (prefixed ``oracle_``) on ``n`` built-in prompts of ``split``."""
+    import torch
+
     from data import builtin
     from data.builtin.oracle import score_answers
-
-    import torch
 
     if torch.cuda.is_available() and next(model.parameters()).device.type != "cuda":
         model = model.to("cuda")  # answering on the CPU of a GPU machine would take most of the stage

@@ -305,7 +305,7 @@ def test_helpful_pair_types_land_in_their_rating_level():
 
 @pytest.mark.parametrize("task, answer, near", [
     ("arithmetic", "17 + 25 = 44.", True), ("arithmetic", "17 + 25 = 62.", False),
-    ("letter_count", "The letter 'a' appears 3 times in 'banana'.", False),
+    ("letter_count", "The letter 'a' appears 6 times in 'banana'.", False),
     ("letter_count", "The letter 'a' appears 4 times in 'banana'.", True),
     ("sort", "Sorted: 3, 9, 5, 12.", True), ("sort", "Sorted: 12, 9, 5, 3.", False),
     ("reverse", "'banana' reversed is 'anaanb'.", True), ("reverse", "'banana' reversed is 'banana'.", False),
@@ -317,8 +317,5 @@ def test_near_misses_earn_partial_credit(task, answer, near):
                      "order": "ascending", "expected": ["3", "5", "9", "12"]},
             "reverse": {"kind": "helpful", "task": "reverse", "word": "banana", "expected": "ananab"}}[task]
     verdict = judge(meta, answer)
-    if task == "letter_count" and not near:
-        assert verdict["correct"] and verdict["score"] == 1.0
-        return
     assert not verdict["correct"]
     assert verdict["score"] == (0.6 if near else 0.25)

@@ -105,9 +105,9 @@ def capital(rng: random.Random, split: str) -> Item:
     return Item(
         prompt=rng.choice(_CAPITAL_PROMPTS).format(**fill),
         meta=_meta("capital", "capital:" + country, country=country, expected=cap, accepted=[cap, *alternates]),
+        # another country's capital: no near miss, so the slip and the clearly wrong answer are one
         variants={"reference": [_cap(t.format(**fill)) for t in _CAPITAL_ANSWERS],
-                  "wrong": [_CAPITAL_ANSWERS[0].format(**{**fill, "cap": wrong_cap})],
-                  "far": [_CAPITAL_ANSWERS[0].format(**{**fill, "cap": wrong_cap})]},
+                  **dict.fromkeys(("wrong", "far"), [_CAPITAL_ANSWERS[0].format(**{**fill, "cap": wrong_cap})])},
     )
 
 
@@ -248,9 +248,9 @@ def compare(rng: random.Random, split: str) -> Item:
     return Item(
         prompt=rng.choice(_COMPARE_PROMPTS[which]).format(a=a, b=b),
         meta=_meta("compare", key, a=a, b=b, which=which, expected=x),
+        # the other number: no near miss, so the slip and the clearly wrong answer are one
         variants={"reference": [t.format(x=x, y=y) for t in _COMPARE_ANSWERS[which]],
-                  "wrong": [_COMPARE_ANSWERS[which][0].format(x=y, y=x)],
-                  "far": [_COMPARE_ANSWERS[which][0].format(x=y, y=x)]},
+                  **dict.fromkeys(("wrong", "far"), [_COMPARE_ANSWERS[which][0].format(x=y, y=x)])},
     )
 
 
