@@ -107,8 +107,7 @@ def build(split: str, n: int, seed: int, mix: Mapping[str, float] | None = None)
     for i, item in enumerate(items):
         answer = pick.choice(item.variants["reference"])
         meta = {**_meta(item, split, seed, i, ""), "reference": answer}
-        out.append(Conversation(messages=[{"role": "user", "content": item.prompt},
-                                          {"role": "assistant", "content": answer}], meta=meta))
+        out.append(Conversation(messages=[*item.messages, {"role": "assistant", "content": answer}], meta=meta))
     return out
 
 
@@ -117,7 +116,7 @@ def prompts(split: str, n: int, seed: int, kinds: Sequence[str] | None = None,
     """n prompts (conversations ending with the user turn) whose meta carries what the oracle needs
     and a ``reference`` answer. With the same seed and mix, the prompts are those of ``build``."""
     items = _items(split, n, seed, _mix_for(kinds, mix), "items")
-    return [Conversation(messages=[{"role": "user", "content": item.prompt}],
+    return [Conversation(messages=item.messages,
                          meta={**_meta(item, split, seed, i, ""), "reference": item.variants["reference"][0]})
             for i, item in enumerate(items)]
 
@@ -239,7 +238,7 @@ def preference_pairs(kind: str, split: str, n: int, seed: int) -> list[Preferenc
             raise AssertionError(f"builtin pair {pair_type}: oracle safety verdicts do not match bin {safety_bin}")
         meta = {**_meta(item, split, seed, i, f"pair-{kind}-"), "pair_type": pair_type, "safety_bin": safety_bin,
                 "chosen_score": chosen_verdict["score"], "rejected_score": rejected_verdict["score"]}
-        pairs.append(Preference(prompt=[{"role": "user", "content": item.prompt}], chosen=chosen, rejected=rejected,
+        pairs.append(Preference(prompt=item.messages, chosen=chosen, rejected=rejected,
                                 rating=oracle.rating_from_gap(gap), chosen_safe=chosen_safe,
                                 rejected_safe=rejected_safe, meta=meta))
     return pairs

@@ -18,3 +18,10 @@ class Item:
     prompt: str
     meta: dict[str, Any]  # kind, task, is_safety, category, item (split key), and the keys the oracle checks
     variants: dict[str, list[str]] = field(default_factory=dict)
+    # Earlier turns of a multi-turn set-up (user/assistant messages before ``prompt``); empty for one turn.
+    history: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        """The conversation up to and including the user turn to answer."""
+        return [*self.history, {"role": "user", "content": self.prompt}]
