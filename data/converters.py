@@ -280,6 +280,31 @@ def pandalm_to_preference(row: Row, source: str = "<row>", line: int | None = No
                       rejected=responses[3 - chosen_id], rating=rating, meta=meta)
 
 
+_PAIRWISE_KEYS = {"input", "output_1", "output_2", "label", "meta"}
+
+
+def pairwise_label_to_preference(row: Row, source: str = "<row>", line: int | None = None) -> Preference:
+    """Pairs with one expert label, as in LLMBar: ``input`` (the instruction), ``output_1``, ``output_2``
+    and ``label`` (1 or 2: the output that follows the instruction better). Unrated (no level given)."""
+    instruction = _text(row, "input", source, line)
+    if not instruction.strip():
+        raise DataError(source, line, "input", "expected a non-empty instruction")
+    outputs = {i: _text(row, f"output_{i}", source, line, scalars=True) for i in (1, 2)}
+    better = _choice(row, "label", (1, 2), source, line)
+    meta = _meta(row, _PAIRWISE_KEYS, source, line)
+    meta["chosen_response"] = f"output_{better}"
+    return Preference(prompt=[{"role": "user", "content": instruction}], chosen=outputs[better],
+                      rejected=outputs[3 - better], meta=meta)
+
+
+def goal_to_conversation(row: Row, source: str = "<row>", line: int | None = None) -> Conversation:
+    """Prompt sets that name the request ``goal`` (as AdvBench): the goal becomes the user turn."""
+    goal = _text(row, "goal", source, line)
+    if not goal.strip():
+        raise DataError(source, line, "goal", "expected a non-empty request")
+    return Conversation(messages=[{"role": "user", "content": goal}], meta=_meta(row, {"goal", "meta"}, source, line))
+
+
 _PKU_KEYS = {"prompt", "response_0", "response_1", "is_response_0_safe", "is_response_1_safe", "meta"}
 # Safety view: the paper's three safety bins -> preference level (docs/DATA.md says why).
 SAFETY_BIN_RATINGS = {"one_safe": "significantly_better", "both_unsafe": "slightly_better",
@@ -350,6 +375,7 @@ CONVERSATION_FORMATS: dict[str, Callable[[Row, str, int | None], Conversation]] 
     "messages": messages_to_conversation,
     "prompt_completion": prompt_completion_to_conversation,
     "prompt": prompt_to_conversation,
+    "goal": goal_to_conversation,
 }
 PREFERENCE_FORMATS: dict[str, Callable[[Row, str, int | None], Preference | None]] = {
     "prompt_chosen_rejected": prompt_chosen_rejected_to_preference,
@@ -362,6 +388,7 @@ PREFERENCE_FORMATS: dict[str, Callable[[Row, str, int | None], Preference | None
     "pku_safety": pku_safety_to_preference,
     "ultrafeedback": ultrafeedback_to_preference,
     "ultrafeedback_keep_ties": partial(ultrafeedback_to_preference, keep_ties=True),
+    "pairwise_label": pairwise_label_to_preference,
 }
 
 
@@ -373,6 +400,8 @@ def _candidates(row: Row) -> list[str]:
         return ["pku"]  # two preferences in one row: detect_format asks which one
     if {"instruction", "response1", "response2"} <= keys and any(_ANNOTATOR.match(k) for k in keys):
         return ["pandalm"]
+    if {"input", "output_1", "output_2", "label"} <= keys:
+        return ["pairwise_label"]
     if {"prompt", "chosen", "rejected", "score_chosen", "score_rejected"} <= keys:
         found.append("ultrafeedback")
     if "messages" in keys:

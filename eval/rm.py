@@ -49,11 +49,15 @@ def calibration_bins(chosen: torch.Tensor, rejected: torch.Tensor, bins: int = 1
     return {"bins": rows, "ece": ece / max(chosen.numel(), 1)}
 
 
+SAFETY_GATE = 0.15  # the paper's threshold on σ(R_s); precision 0.89 / recall 0.55 on Meta Safety
+
+
 def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, ratings: Sequence[str | None],
                  chosen_safe: Sequence[bool | None] | None = None, rejected_safe: Sequence[bool | None] | None = None,
                  seed: int = 0, bins: int = 10) -> dict[str, Any]:
     """Accuracy (ties count as wrong) overall and per rating, calibration, score statistics, and where
-    answers carry safety labels the recall of unsafe answers at σ(score) < 0.5 (the paper's threshold)."""
+    answers carry safety labels the recall of unsafe answers at σ(score) < 0.5 (the paper's threshold) and the
+    precision and recall of the safety gate σ(score) < 0.15."""
     chosen, rejected = chosen.float().cpu(), rejected.float().cpu()
     out: dict[str, Any] = {"n": int(chosen.numel()), "accuracy": _accuracy(chosen, rejected), "per_rating": {}}
     for rating in list(RATINGS) + [UNRATED]:
@@ -73,6 +77,11 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, ratings: Sequence
             flagged = torch.sigmoid(scores[unsafe]) < 0.5
             out["unsafe_recall"] = float(flagged.float().mean())
             out["unsafe_answers"] = int(unsafe.sum())
+        known = [i for i, label in enumerate(labels) if label is not None]
+        if known:  # the PPO / rejection-sampling gate: "unsafe" when σ(score) < 0.15 (§3.2.3)
+            from reward.combine import gate_precision_recall
+
+            out["gate"] = gate_precision_recall(scores[known], [labels[i] for i in known], SAFETY_GATE)
     return out
 
 

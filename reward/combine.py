@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -38,22 +40,109 @@ def combine(helpful_scores: torch.Tensor, safety_scores: torch.Tensor,
     if helpful_scores.shape != safety_scores.shape:
         raise ValueError(f"helpful_scores has shape {tuple(helpful_scores.shape)} but safety_scores "
                          f"has {tuple(safety_scores.shape)}: give one score of each per response")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"safety threshold must be a probability in [0, 1], got {threshold}")
+    _logit(threshold)  # validates
     is_safety_prompt = torch.as_tensor(is_safety_prompt, dtype=torch.bool, device=safety_scores.device)
     if is_safety_prompt.shape != safety_scores.shape:
         raise ValueError(f"is_safety_prompt has shape {tuple(is_safety_prompt.shape)} but the scores "
                          f"have {tuple(safety_scores.shape)}: give one flag per response")
-    if threshold == 0.0:
-        threshold_logit = -math.inf
-    elif threshold == 1.0:
-        threshold_logit = math.inf
-    else:
-        threshold_logit = math.log(threshold) - math.log1p(-threshold)
-    unsafe = safety_scores.double() < threshold_logit
+    unsafe = flag_unsafe(safety_scores, threshold)
     use_safety = is_safety_prompt | unsafe
     dtype = torch.promote_types(helpful_scores.dtype, safety_scores.dtype)
     return torch.where(use_safety, safety_scores.to(dtype), helpful_scores.to(dtype))
+
+
+def _logit(threshold: float) -> float:
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"safety threshold must be a probability in [0, 1], got {threshold}")
+    if threshold == 0.0:
+        return -math.inf
+    if threshold == 1.0:
+        return math.inf
+    return math.log(threshold) - math.log1p(-threshold)
+
+
+def flag_unsafe(safety_scores: torch.Tensor, threshold: float = 0.15) -> torch.Tensor:
+    """``σ(safety) < threshold`` evaluated exactly, as ``safety < logit(threshold)`` in float64."""
+    return safety_scores.double() < _logit(threshold)
+
+
+class Scorer(Protocol):
+    """What the reward function needs of a reward model (reward.scorer.RewardScorer is one)."""
+
+    def score(self, conversations: Sequence[list[dict[str, str]]], responses: Sequence[str]) -> torch.Tensor: ...
+
+
+@dataclass
+class Rewards:
+    """Scores of a batch of responses: raw helpfulness and safety scores, the gated combination
+    LOGIT(R_c), and whether the safety gate found each response unsafe (σ(R_s) < threshold)."""
+
+    helpful: torch.Tensor
+    safety: torch.Tensor
+    combined: torch.Tensor
+    unsafe: torch.Tensor
+    is_safety_prompt: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.combined.numel()
+
+    def selection_key(self, i: int) -> tuple[bool, float]:
+        """Sort key for choosing among answers to one prompt: an answer the gate finds unsafe ranks
+        below every answer it does not, whatever the two RMs' levels; within each group, higher R_c wins.
+
+        Why a rule and not the raw R_c: on a helpfulness prompt R_c is R_s for a gated answer and R_h
+        for the rest, two models' scores whose levels nothing ties together, so an unsafe answer with
+        R_s = -2 would beat a safe one with R_h = -3. On a safety prompt every answer is scored by R_s
+        and the gated ones already have the lowest R_s, so the rule changes nothing there.
+        """
+        return (not bool(self.unsafe[i]), float(self.combined[i]))
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"helpful": float(h), "safety": float(s), "reward": float(r), "unsafe": bool(u)}
+                for h, s, r, u in zip(self.helpful.tolist(), self.safety.tolist(), self.combined.tolist(),
+                                      self.unsafe.tolist())]
+
+
+class RewardFunction:
+    """The Llama 2 reward of §3.2.3 from the two reward models: score every response with both RMs
+    (one batched pass each), gate on the prompt's safety tag and on ``σ(R_s) < threshold``, combine.
+
+    The one place rejection sampling, PPO and the scoring API compute rewards from text.
+    """
+
+    def __init__(self, helpful: Scorer, safety: Scorer, threshold: float = 0.15):
+        _logit(threshold)  # validates
+        self.helpful, self.safety, self.threshold = helpful, safety, threshold
+
+    def __call__(self, conversations: Sequence[list[dict[str, str]]], responses: Sequence[str],
+                 is_safety_prompt: Sequence[bool]) -> Rewards:
+        if not len(conversations) == len(responses) == len(is_safety_prompt):
+            raise ValueError(f"reward: got {len(conversations)} conversations, {len(responses)} responses and "
+                             f"{len(is_safety_prompt)} safety flags; give one of each per response")
+        flags = torch.tensor([bool(f) for f in is_safety_prompt], dtype=torch.bool)
+        if not responses:
+            empty = torch.empty(0, dtype=torch.float64)
+            return Rewards(empty, empty, empty, torch.empty(0, dtype=torch.bool), flags)
+        helpful = self.helpful.score(conversations, responses).double().cpu()
+        safety = self.safety.score(conversations, responses).double().cpu()
+        combined = combine(helpful, safety, flags, threshold=self.threshold)
+        return Rewards(helpful, safety, combined, flag_unsafe(safety, self.threshold), flags)
+
+
+def gate_precision_recall(safety_scores: torch.Tensor | Sequence[float], is_safe: Sequence[bool],
+                          threshold: float = 0.15) -> dict[str, float | int | None]:
+    """How well ``σ(R_s) < threshold`` flags unsafe responses (the paper: precision 0.89, recall 0.55
+    at 0.15 on Meta Safety). Unsafe is the positive class; None where a ratio has no denominator."""
+    scores = torch.as_tensor(safety_scores, dtype=torch.float64).flatten()
+    labels = torch.as_tensor([not bool(s) for s in is_safe], dtype=torch.bool)
+    if scores.shape != labels.shape:
+        raise ValueError(f"gate_precision_recall: {scores.numel()} scores but {labels.numel()} labels")
+    flagged = flag_unsafe(scores, threshold)
+    true_pos = int((flagged & labels).sum())
+    n_flagged, n_unsafe = int(flagged.sum()), int(labels.sum())
+    return {"threshold": threshold, "n": int(scores.numel()), "unsafe": n_unsafe, "flagged": n_flagged,
+            "precision": true_pos / n_flagged if n_flagged else None,
+            "recall": true_pos / n_unsafe if n_unsafe else None}
 
 
 class Whitener:
@@ -76,8 +165,10 @@ class Whitener:
             if mean is None or std is None:
                 raise ValueError("whitening mode 'fixed' needs both mean and std (e.g. measured on "
                                  "the reward model's validation scores)")
-            if not std >= 0:
-                raise ValueError(f"whitening std must be >= 0, got {std}")
+            if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+                raise ValueError(f"whitening mode 'fixed' needs a finite mean and a std > 0, got mean {mean}, "
+                                 f"std {std}: a std of 0 would blow every reward up (scores with no spread "
+                                 "cannot be whitened)")
         elif mean is not None or std is not None:
             raise ValueError(f"mean/std are only used by whitening mode 'fixed', not {mode!r}")
         self.mode, self.eps = mode, eps
@@ -106,8 +197,8 @@ class Whitener:
         self._m2 += batch_m2 + delta * delta * self.count * n / total
         self.count = total
 
-    def whiten(self, x: torch.Tensor) -> torch.Tensor:
-        """Whiten ``x`` (running mode: after merging ``x`` into the statistics)."""
+    def whiten(self, x: torch.Tensor, update: bool = True) -> torch.Tensor:
+        """Whiten ``x`` (running mode: after merging ``x`` into the statistics, unless ``update`` is False)."""
         if x.numel() == 0:
             return x
         if self.mode == "batch":
@@ -115,12 +206,20 @@ class Whitener:
             mean, std = values.mean().item(), values.std(correction=0).item()
             self.mean, self._std = mean, std  # kept for logging
         else:
-            if self.mode == "running":
+            if self.mode == "running" and update:
                 self.update(x)
             mean, std = self.mean, self.std
         return (x - mean) / (std + self.eps)
 
     __call__ = whiten
+
+    def frozen(self) -> "Whitener":
+        """A "fixed" whitener with this one's current statistics: what a server or an evaluation uses, so
+        the requests it whitens never move the statistics that training uses."""
+        if self.mode == "batch":
+            raise ValueError("a 'batch' whitener has no statistics to freeze: measure them on validation scores "
+                             "and use mode 'fixed'")
+        return Whitener("fixed", mean=self.mean, std=self.std, eps=self.eps)
 
     def state_dict(self) -> dict[str, float | int | str]:
         """Statistics to save with a PPO checkpoint so a resumed run keeps the same scale."""

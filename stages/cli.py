@@ -1,4 +1,4 @@
-"""`chatalign <stage|pipeline|lineage|recipe> …` (also `python -m stages …`)."""
+"""`chatalign <stage|pipeline|eval|lineage|recipe> …` (also `python -m stages …`)."""
 from __future__ import annotations
 
 import argparse
@@ -50,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.add_argument("--resume", action="store_true")
 
+    p = sub.add_parser("eval", help="policies and reward models on data written by others (refusals, false "
+                                    "refusals, RM accuracy on human-labelled pairs)")
+    recipe_args(p)
+    p.add_argument("--real-data", required=True, metavar="DIR",
+                   help="folder with the public sets in their published layouts (advbench/, xstest/, llmbar/, "
+                        "pandalm-testset/, hh-rlhf-harmless/)")
+    p.add_argument("--refs", nargs="*", default=None, help="policy versions (default: base, sft, every rs round)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many prompts or pairs per set")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap (default eval.max_new_tokens)")
+    p.add_argument("--out", default=None, help="report path (default <runs_dir>/<recipe>/real_eval.json)")
+
     p = sub.add_parser("lineage", help="print a version's chain back to the base")
     p.add_argument("ref", help="e.g. sft@latest, sft@v2")
     recipe_args(p)
@@ -83,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "lineage":
             print(registry.format_lineage(args.ref))
+            return 0
+        if args.command == "eval":
+            from stages.evaluation import evaluate_real
+
+            evaluate_real(recipe, registry, args.real_data, args.refs, args.limit, args.max_new_tokens, out=args.out)
             return 0
         if args.command == "stage":
             result = stage_module(args.name).run(recipe, registry, force=args.force, resume=args.resume)

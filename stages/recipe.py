@@ -67,7 +67,7 @@ class ModelSection:
 # Row formats the converters in data/converters.py know (tests keep the two lists equal).
 DataFormat = Literal["auto", "messages", "prompt_completion", "prompt", "hh", "preference", "prompt_chosen_rejected",
                      "implicit_prompt", "pandalm", "pandalm_keep_ties", "pku_helpful", "pku_safety",
-                     "ultrafeedback", "ultrafeedback_keep_ties"]
+                     "ultrafeedback", "ultrafeedback_keep_ties", "pairwise_label", "goal"]
 
 
 @dataclass

@@ -3,7 +3,9 @@
 One round: sample K answers per prompt from the latest model at the round's temperature, score each
 with both reward models, combine the scores with the safety gate (reward/combine.py: the safety score
 on safety prompts and on answers it finds unsafe, else the helpfulness score), keep each prompt's best
-answer, pool it with the best answers of earlier rounds (``pool_rounds``, the paper's fix after
+answer (an answer the gate finds unsafe never beats one it does not, and an answer cut at
+``max_new_tokens`` is never chosen: trained with an end-of-turn token after it, it would teach the
+model to stop mid-sentence), pool it with the best answers of earlier rounds (``pool_rounds``, the paper's fix after
 RLHF-V3 regressed), and fine-tune on (prompt -> pooled answer) like SFT. Every round commits its own
 version ``rs/v<N>`` with ``samples.jsonl`` (all K answers and their scores), ``pool.jsonl`` (the
 training targets), held-out answers and the best-of-N evaluation.
@@ -108,10 +110,22 @@ def device_name() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@dataclass
+class Answer:
+    """One sampled answer: its text and why sampling stopped ("stop": end of turn; "length": cut)."""
+
+    text: str
+    finish_reason: str = "stop"
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+
 def sample_answers(model_path: Path, registry: Registry, prompts: list[Conversation], template: str,
                    num_samples: int, temperature: float, top_p: float, max_new_tokens: int, batch_size: int,
-                   seed: int, stream: str, backend: str = "hf") -> list[list[str]]:
-    """``num_samples`` answer texts per prompt. Every sample has its own random stream keyed by (seed, the
+                   seed: int, stream: str, backend: str = "hf") -> list[list[Answer]]:
+    """``num_samples`` answers per prompt. Every sample has its own random stream keyed by (seed, the
     prompt's messages, ``stream``, sample index), so a rerun, a resumed run or another batching draws the
     same answers, and two rounds (different ``stream``) draw independent ones."""
     from data.templates import render_prompt
@@ -134,36 +148,33 @@ def sample_answers(model_path: Path, registry: Registry, prompts: list[Conversat
         model = load_causal_lm(model_path, registry).to(device_name())
     completions = get_engine(backend).generate(model, tokenizer, ids, cfg, prompt_keys=keys)
     del model
-    return [[c.text for c in samples] for samples in completions]
+    return [[Answer(c.text, c.finish_reason) for c in samples] for samples in completions]
 
 
 @dataclass
 class Scores:
-    """Raw scores of one answer: helpfulness RM, safety RM, and the safety-gated combination (= LOGIT(R_c))."""
+    """Scores of one answer: raw helpfulness and safety RM scores, the safety-gated combination
+    (= LOGIT(R_c)), and whether the safety gate found it unsafe."""
 
     helpful: float
     safety: float
     reward: float
+    unsafe: bool = False
+
+    def selection_key(self) -> tuple[bool, float]:
+        """As reward.combine.Rewards.selection_key: a gated (unsafe) answer ranks below every other."""
+        return (not self.unsafe, self.reward)
 
 
-def score_answers(prompts: list[Conversation], answers: list[list[str]], helpful_scorer: Any, safety_scorer: Any,
-                  threshold: float) -> list[list[Scores]]:
-    """Score every answer with both RMs (one batched pass each) and gate them on the prompt's
-    ``meta.is_safety`` tag: R_c = R_s for a safety prompt or when R_s < threshold, else R_h."""
-    import torch
-
-    from reward.combine import combine
-
+def score_answers(prompts: list[Conversation], answers: list[list[str]], reward_fn: Any) -> list[list[Scores]]:
+    """Score every answer with the shared reward function (reward.combine.RewardFunction: both RMs, the
+    safety gate on the prompt's ``meta.is_safety`` tag and on σ(R_s) < threshold, the combination)."""
     flat_prompts = [p.messages for p, group in zip(prompts, answers) for _ in group]
     flat_answers = [a for group in answers for a in group]
     flat_safety_prompt = [bool(p.meta.get("is_safety", False)) for p, group in zip(prompts, answers) for _ in group]
     if not flat_answers:
         return [[] for _ in prompts]
-    helpful = helpful_scorer.score(flat_prompts, flat_answers).double()
-    safety = safety_scorer.score(flat_prompts, flat_answers).double()
-    rewards = combine(helpful, safety, torch.tensor(flat_safety_prompt), threshold=threshold)
-    flat = [Scores(float(h), float(s), float(r)) for h, s, r in zip(helpful.tolist(), safety.tolist(),
-                                                                     rewards.tolist())]
+    flat = [Scores(**row) for row in reward_fn(flat_prompts, flat_answers, flat_safety_prompt).rows()]
     out, start = [], 0
     for group in answers:
         out.append(flat[start:start + len(group)])
@@ -187,25 +198,31 @@ class Candidate:
     safety: float
     round: int
     sample: int
+    unsafe: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def selection_key(self) -> tuple[bool, float]:
+        return (not self.unsafe, self.reward)
 
-def best_of_round(prompts: list[Conversation], answers: list[list[str]], scores: list[list[Scores]],
+
+def best_of_round(prompts: list[Conversation], answers: list[list[Answer]], scores: list[list[Scores]],
                   round_index: int) -> dict[int, Candidate]:
-    """Each prompt's highest-reward answer of this round (the first sample wins a tie). Empty answers are
-    never chosen: training on them would teach the model to stop at once; a prompt whose K answers are all
-    empty has no candidate this round."""
+    """Each prompt's best answer of this round: an answer the safety gate finds unsafe ranks below every
+    answer it does not, then the highest reward wins (the first sample wins a tie). Empty answers and
+    answers cut at the length limit are never chosen: trained with an end-of-turn token after them, they
+    would teach the model to stop at once or mid-sentence; a prompt with no other answer has no candidate
+    this round."""
     best: dict[int, Candidate] = {}
-    for prompt, texts, prompt_scores in zip(prompts, answers, scores):
+    for prompt, prompt_answers, prompt_scores in zip(prompts, answers, scores):
         key = prompt_key(prompt.messages)
-        for index, (text, s) in enumerate(zip(texts, prompt_scores)):
-            if not text.strip():
+        for index, (answer, s) in enumerate(zip(prompt_answers, prompt_scores)):
+            if not answer.text.strip() or answer.truncated:
                 continue
-            if key not in best or s.reward > best[key].reward:
-                best[key] = Candidate(key, list(prompt.messages), text, s.reward, s.helpful, s.safety,
-                                      round_index, index)
+            if key not in best or s.selection_key() > best[key].selection_key():
+                best[key] = Candidate(key, list(prompt.messages), answer.text, s.reward, s.helpful, s.safety,
+                                      round_index, index, s.unsafe)
     return best
 
 
@@ -218,7 +235,7 @@ def pool_targets(previous_pool: dict[int, Candidate], round_best: dict[int, Cand
         return dict(round_best)
     pooled = dict(previous_pool)
     for key, candidate in round_best.items():
-        if key not in pooled or candidate.reward > pooled[key].reward:
+        if key not in pooled or candidate.selection_key() > pooled[key].selection_key():
             pooled[key] = candidate
     return pooled
 
@@ -241,22 +258,23 @@ def pool_stats(pool: dict[int, Candidate], round_index: int, prompts: int) -> di
         by_round[str(c.round)] = by_round.get(str(c.round), 0) + 1
     return {"targets": len(pool), "prompts": prompts, "from_round": dict(sorted(by_round.items())),
             "from_this_round": by_round.get(str(round_index), 0),
+            "unsafe_targets": sum(c.unsafe for c in pool.values()),
             "reward_mean": statistics.fmean(rewards) if rewards else None}
 
 
-def sample_rows(prompts: list[Conversation], answers: list[list[str]], scores: list[list[Scores]],
+def sample_rows(prompts: list[Conversation], answers: list[list[Answer]], scores: list[list[Scores]],
                 round_best: dict[int, Candidate], round_index: int, temperature: float) -> list[dict[str, Any]]:
     """samples.jsonl: one row per prompt with all K answers, their scores and which one was chosen."""
     rows = []
-    for index, (prompt, texts, prompt_scores) in enumerate(zip(prompts, answers, scores)):
+    for index, (prompt, prompt_answers, prompt_scores) in enumerate(zip(prompts, answers, scores)):
         key = prompt_key(prompt.messages)
         chosen = round_best[key].sample if key in round_best else None
         rows.append({
             "round": round_index, "temperature": temperature, "prompt_index": index, "prompt_key": key,
             "prompt_id": prompt.meta.get("id"), "messages": prompt.messages,
             "is_safety": bool(prompt.meta.get("is_safety", False)), "chosen": chosen,
-            "samples": [{"index": i, "text": text, **asdict(s), "chosen": i == chosen}
-                        for i, (text, s) in enumerate(zip(texts, prompt_scores))]})
+            "samples": [{"index": i, "text": a.text, "finish_reason": a.finish_reason, **asdict(s),
+                         "chosen": i == chosen} for i, (a, s) in enumerate(zip(prompt_answers, prompt_scores))]})
     return rows
 
 
@@ -283,15 +301,19 @@ class RoundInputs:
     heldout: list[Conversation]
 
 
-def load_scorers(inputs: RoundInputs) -> tuple[Any, Any]:
+def load_reward_fn(inputs: RoundInputs) -> Any:
+    """The shared reward function (reward.combine.RewardFunction) over this chain's two RMs."""
+    from reward.combine import RewardFunction
     from reward.scorer import load_scorer
 
-    batch = inputs.recipe.rejection_sampling.score_batch_size
-    return (load_scorer(inputs.helpful_rm.path, batch_size=batch, device=device_name()),
-            load_scorer(inputs.safety_rm.path, batch_size=batch, device=device_name()))
+    section = inputs.recipe.rejection_sampling
+    batch = section.score_batch_size
+    return RewardFunction(load_scorer(inputs.helpful_rm.path, batch_size=batch, device=device_name()),
+                          load_scorer(inputs.safety_rm.path, batch_size=batch, device=device_name()),
+                          threshold=section.safety_threshold)
 
 
-def sample_and_score(run: StageRun, inputs: RoundInputs, scorers: tuple[Any, Any]) -> list[dict[str, Any]]:
+def sample_and_score(run: StageRun, inputs: RoundInputs, reward_fn: Any) -> list[dict[str, Any]]:
     """This round's scored samples; a resumed round reads them back from its workdir instead."""
     from data.loaders import write_jsonl
 
@@ -306,7 +328,7 @@ def sample_and_score(run: StageRun, inputs: RoundInputs, scorers: tuple[Any, Any
                              section.max_new_tokens, section.batch_size, recipe.seed,
                              stream=f"round-{inputs.index}", backend=section.backend)
     sampled = time.time()
-    scores = score_answers(inputs.prompts, answers, *scorers, threshold=section.safety_threshold)
+    scores = score_answers(inputs.prompts, [[a.text for a in group] for group in answers], reward_fn)
     log.info("%s round %d: %d prompts x %d samples at T=%s: sampled in %.1fs, scored in %.1fs", STAGE,
              inputs.index, len(inputs.prompts), section.samples_per_prompt, inputs.temperature, sampled - start,
              time.time() - sampled)
@@ -329,7 +351,8 @@ def targets_from_rows(rows: list[dict[str, Any]], round_index: int) -> dict[int,
             continue
         sample = row["samples"][row["chosen"]]
         best[row["prompt_key"]] = Candidate(row["prompt_key"], row["messages"], sample["text"], sample["reward"],
-                                            sample["helpful"], sample["safety"], round_index, row["chosen"])
+                                            sample["helpful"], sample["safety"], round_index, row["chosen"],
+                                            bool(sample.get("unsafe", False)))
     return best
 
 
@@ -339,10 +362,10 @@ def round_body(run: StageRun, inputs: RoundInputs) -> None:
 
     section = inputs.recipe.rejection_sampling
     pool_path = run.workdir / POOL_FILE
-    scorers = None
+    reward_fn = None
     if is_main_process():
-        scorers = load_scorers(inputs)
-        rows = sample_and_score(run, inputs, scorers)
+        reward_fn = load_reward_fn(inputs)
+        rows = sample_and_score(run, inputs, reward_fn)
         round_best = targets_from_rows(rows, inputs.index)
         pool = pool_targets(read_pool(inputs.previous), round_best, section.pool_rounds)
         write_jsonl(pool_path, [c.to_dict() for c in sorted(pool.values(), key=lambda c: c.prompt_key)])
@@ -368,13 +391,18 @@ def round_body(run: StageRun, inputs: RoundInputs) -> None:
     round_rewards = rewards_of(rows)
     flat = [r for rewards in round_rewards for r in rewards]
     chosen = [row["samples"][row["chosen"]]["reward"] for row in rows if row["chosen"] is not None]
+    samples = [sample for row in rows for sample in row["samples"]]
     summary = {"round": inputs.index, "temperature": inputs.temperature,
                "samples_per_prompt": section.samples_per_prompt, "sampled_from": inputs.sampler.id,
                "fine_tuned_from": inputs.init.id, "pool_rounds": section.pool_rounds, "pool": stats,
                "reward_mean": statistics.fmean(flat) if flat else None, "reward_max": max(flat) if flat else None,
-               "chosen_reward_mean": statistics.fmean(chosen) if chosen else None}
+               "chosen_reward_mean": statistics.fmean(chosen) if chosen else None,
+               "samples": len(samples), "truncated": sum(x.get("finish_reason") == "length" for x in samples),
+               "empty": sum(not x["text"].strip() for x in samples),
+               "gated_unsafe": sum(bool(x.get("unsafe")) for x in samples),
+               "prompts_without_target": sum(row["chosen"] is None for row in rows)}
     run.extra["rejection_sampling"] = summary
-    run.metrics.update({k: summary[k] for k in ("reward_mean", "reward_max", "chosen_reward_mean")})
+    run.metrics.update({k: summary[k] for k in ("reward_mean", "reward_max", "chosen_reward_mean", "truncated")})
     run.metrics["pool_reward_mean"] = stats["reward_mean"]
     del model
     if is_main_process():
@@ -382,26 +410,26 @@ def round_body(run: StageRun, inputs: RoundInputs) -> None:
 
         # The model as saved (a LoRA adapter merged; whole under ZeRO-3), so the evaluation sees what users load.
         policy = load_causal_lm(run.workdir, inputs.registry).to(device_name())
-        run.metrics.update(evaluate_round(run, inputs, policy, tokenizer, round_rewards, scorers))
+        run.metrics.update(evaluate_round(run, inputs, policy, tokenizer, round_rewards, reward_fn))
 
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation of a round
 # ---------------------------------------------------------------------------------------------
 
-def heldout_answers(model: Any, tokenizer: Any, inputs: RoundInputs, scorers: tuple[Any, Any]) -> list[dict]:
+def heldout_answers(model: Any, tokenizer: Any, inputs: RoundInputs, reward_fn: Any) -> list[dict]:
     """Answers of ``model`` to the held-out prompts at ``eval_temperature``, with their scores."""
     from eval.oracle import answer
 
     section = inputs.recipe.rejection_sampling
     texts = answer(model, tokenizer, inputs.heldout, inputs.recipe.model.template, section.max_new_tokens,
                    section.batch_size, temperature=section.eval_temperature, seed=inputs.recipe.seed)
-    scores = score_answers(inputs.heldout, [[t] for t in texts], *scorers, threshold=section.safety_threshold)
+    scores = score_answers(inputs.heldout, [[t] for t in texts], reward_fn)
     return [{"prompt_key": prompt_key(p.messages), "prompt_id": p.meta.get("id"), "messages": p.messages,
              "answer": text, **asdict(s[0])} for p, text, s in zip(inputs.heldout, texts, scores)]
 
 
-def previous_heldout(inputs: RoundInputs, scorers: tuple[Any, Any]) -> list[dict]:
+def previous_heldout(inputs: RoundInputs, reward_fn: Any) -> list[dict]:
     """The sampled model's held-out answers: read from the previous round when it wrote them (same prompts,
     settings and RMs, since those are part of every round's inputs), else generated now."""
     recorded = inputs.sampler.path / HELDOUT_FILE
@@ -412,17 +440,17 @@ def previous_heldout(inputs: RoundInputs, scorers: tuple[Any, Any]) -> list[dict
     from stages.checkpoint import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(inputs.sampler.path, inputs.registry).to(device_name())
-    return heldout_answers(model, load_tokenizer(inputs.sampler.path), inputs, scorers)
+    return heldout_answers(model, load_tokenizer(inputs.sampler.path), inputs, reward_fn)
 
 
 def compare_on_heldout(run: StageRun, inputs: RoundInputs, model: Any, tokenizer: Any,
-                       scorers: tuple[Any, Any]) -> dict[str, Any]:
+                       reward_fn: Any) -> dict[str, Any]:
     """The new policy against the one it was sampled from: mean reward, win rate, and oracle scores of both."""
     from data.loaders import write_jsonl
     from eval.best_of_n import win_rate
 
-    new_rows = heldout_answers(model, tokenizer, inputs, scorers)
-    old_rows = previous_heldout(inputs, scorers)
+    new_rows = heldout_answers(model, tokenizer, inputs, reward_fn)
+    old_rows = previous_heldout(inputs, reward_fn)
     write_jsonl(run.workdir / HELDOUT_FILE, new_rows)
     comparison = win_rate([r["reward"] for r in new_rows], [r["reward"] for r in old_rows])
     heldout = {"against": inputs.sampler.id, "prompts": len(new_rows),
@@ -441,7 +469,7 @@ def compare_on_heldout(run: StageRun, inputs: RoundInputs, model: Any, tokenizer
 
 
 def evaluate_round(run: StageRun, inputs: RoundInputs, model: Any, tokenizer: Any, round_rewards: list[list[float]],
-                   scorers: tuple[Any, Any]) -> dict[str, Any]:
+                   reward_fn: Any) -> dict[str, Any]:
     """Best-of-N curves (this round's samples, plus the temperature sweep and the earlier rounds' curves),
     and the new policy against the one it was sampled from on held-out prompts: RM reward, win rate, oracle."""
     from eval.best_of_n import best_of_n_curve, plot_best_of_n
@@ -458,7 +486,7 @@ def evaluate_round(run: StageRun, inputs: RoundInputs, model: Any, tokenizer: An
                                      section.samples_per_prompt, temperature, section.top_p, section.max_new_tokens,
                                      section.batch_size, inputs.recipe.seed, stream=f"sweep-{inputs.index}",
                                      backend=section.backend)
-            scores = score_answers(sweep_prompts, answers, *scorers, threshold=section.safety_threshold)
+            scores = score_answers(sweep_prompts, [[a.text for a in group] for group in answers], reward_fn)
             curves[f"round {inputs.index} sweep, held-out, T={temperature:g}"] = best_of_n_curve(
                 [[s.reward for s in prompt_scores] for prompt_scores in scores])
     plot_best_of_n(curves, run.workdir / BEST_OF_N_PNG,
@@ -466,7 +494,7 @@ def evaluate_round(run: StageRun, inputs: RoundInputs, model: Any, tokenizer: An
 
     metrics: dict[str, Any] = {"best_of_n": curves}
     if inputs.heldout:
-        metrics.update(compare_on_heldout(run, inputs, model, tokenizer, scorers))
+        metrics.update(compare_on_heldout(run, inputs, model, tokenizer, reward_fn))
     (run.workdir / EVAL_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 

@@ -106,7 +106,8 @@ def eval_summary(report: dict[str, Any]) -> dict[str, Any]:
         summary[f"eval_{set_name}"] = {
             "n": m["n"], "accuracy": m["accuracy"], "ece": m["calibration"]["ece"],
             "per_rating": {rating: v["accuracy"] for rating, v in m["per_rating"].items()},
-            **({"unsafe_recall": m["unsafe_recall"]} if "unsafe_recall" in m else {})}
+            **({"unsafe_recall": m["unsafe_recall"]} if "unsafe_recall" in m else {}),
+            **({"gate": m["gate"]} if "gate" in m else {})}
     return summary
 
 

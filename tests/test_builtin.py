@@ -33,7 +33,10 @@ def test_same_seed_same_data_other_seed_other_data():
 
 def test_mix_counts_and_keys():
     counts = Counter(c.meta["kind"] for c in build("train", 100, 0))
-    assert counts == {k: round(100 * w) for k, w in DEFAULT_MIX.items()}
+    wanted = Counter()
+    for k, w in DEFAULT_MIX.items():  # helpful task names ("explain") count as helpful
+        wanted["helpful" if k not in ("harmful", "borderline") else k] += 100 * w
+    assert set(counts) == set(wanted) and all(abs(counts[k] - wanted[k]) <= 1 for k in wanted)  # largest remainder
     assert {c.meta["task"] for c in build("test", 30, 0, mix={"capital": 1.0})} == {"capital"}
     cats = {c.meta["category"] for c in build("train", 30, 0, mix={"unqualified_advice": 1.0})}
     assert cats == {"unqualified_advice"}
@@ -95,7 +98,7 @@ def test_reference_answers_score_one(per_split):
                 assert v["safe"] and v["refused"] and not is_compliant(answer)
             else:
                 assert v["correct"] and not v["refused"], (c.messages, v)
-            if c.meta["kind"] == "helpful":
+            if c.meta["kind"] == "helpful" and c.meta["task"] != "explain":  # open answers explain themselves
                 assert len(answer.split()) <= VERBOSITY_BUDGET
 
 
@@ -106,14 +109,15 @@ def test_wrong_answers_and_refusals_fail(task):
         item = TASKS[task](rng, "train")
         for ref in item.variants["reference"]:
             assert judge(item.meta, ref)["correct"]
-        for wrong in item.variants["wrong"]:  # a slip: partial credit where the task has near misses
+        for wrong in item.variants.get("wrong", []):  # a slip: partial credit where the task has near misses
             v = judge(item.meta, wrong)
             assert not v["correct"] and v["score"] in (WRONG_ATTEMPT_SCORE, NEAR_MISS_SCORE), (item.prompt, wrong, v)
             if task in ("arithmetic", "letter_count", "sort", "reverse"):
                 assert v["score"] == NEAR_MISS_SCORE, (item.prompt, wrong, v)
-        for far in item.variants["far"]:
+        for far in item.variants.get("far", item.variants.get("truncated", [])):
             v = judge(item.meta, far)
-            assert not v["correct"] and v["score"] == WRONG_ATTEMPT_SCORE, (item.prompt, far, v)
+            assert v["score"] <= 2 * WRONG_ATTEMPT_SCORE, (item.prompt, far, v)
+            assert not v["correct"] or task == "explain", (item.prompt, far, v)  # a cut answer may cover enough
         v = judge(item.meta, "I'm sorry, but I can't help with that.")
         assert v["refused"] and not v["correct"] and v["score"] == 0.0
         assert judge(item.meta, "")["score"] == 0.0
@@ -244,7 +248,8 @@ def test_preference_pairs_are_consistent_with_the_oracle(kind):
         bins = Counter((p.meta["safety_bin"], p.chosen_safe, p.rejected_safe) for p in pairs)
         assert bins == {("both_safe", True, True): 40, ("one_safe", True, False): 40, ("both_unsafe", False, False): 40}
     else:
-        assert Counter(p.rating for p in pairs) == {r: 30 for r in RATINGS}
+        counts = Counter(p.rating for p in pairs)  # the tiers aim at a quarter each; the oracle's gap decides
+        assert set(counts) == set(RATINGS) and all(n >= 15 for n in counts.values()), counts
 
 
 def test_pairs_stay_in_their_split():
@@ -289,18 +294,40 @@ def test_style_checks(value, good, bad):
     assert check_constraint(c, good) is True and check_constraint(c, bad) is False
 
 
-def test_helpful_pair_types_land_in_their_rating_level():
-    """Each helpful pair type has one rating: a near miss earns partial credit, padding always runs past
-    the verbosity budget and a pleasantry never does."""
-    from data.builtin.dataset import HELPFUL_TIERS
+def test_helpful_pairs_agree_with_people():
+    """The rating follows the oracle's gap; every level gets pairs; no pair prefers an answer for being a
+    shortened copy of the other (the old "concise beats padded" pairs taught a preference human raters do
+    not share); ties carry no length signal; off-topic answers are fluent answers to another task."""
+    from data.builtin.dataset import HELPFUL_PAIR_TYPES
+    from data.builtin.oracle import rating_from_gap
     pairs = preference_pairs("helpful", "train", 400, 1)
-    by_type = {}
+    assert {p.meta["pair_type"] for p in pairs} == set(HELPFUL_PAIR_TYPES)
+    assert {p.rating for p in pairs} == set(RATINGS)
     for p in pairs:
-        by_type.setdefault(p.meta["pair_type"], set()).add(p.rating)
-    expected = {t: {rating} for tier, rating in zip(HELPFUL_TIERS, RATINGS) for t in tier}
-    assert by_type == {**expected, "concise_vs_padded": {"slightly_better"}}
+        assert p.rating == rating_from_gap(p.meta["chosen_score"] - p.meta["rejected_score"])
+        if p.rating != "negligibly_better":
+            assert p.chosen.strip() not in p.rejected, p  # never "the same, but shorter" as the better one
+    for t in ("plain_vs_pleasantry", "paraphrase_vs_paraphrase"):
+        assert {p.rating for p in pairs if p.meta["pair_type"] == t} == {"negligibly_better"}
     ties = [p for p in pairs if p.meta["pair_type"] == "plain_vs_pleasantry"]
     assert 0.25 < sum(len(p.chosen) < len(p.rejected) for p in ties) / len(ties) < 0.75  # no length signal in ties
+    off_topic = [p for p in pairs if p.meta["pair_type"] == "relevant_vs_off_topic"]
+    assert all(judge(p.meta, p.rejected)["correct"] is False for p in off_topic)
+    detailed = [p for p in pairs if p.meta["pair_type"] == "detailed_vs_bare"]
+    assert detailed and all(len(p.chosen) > len(p.rejected) and p.rejected in p.chosen for p in detailed)
+
+
+def test_open_questions_are_judged_by_the_key_ideas_covered():
+    meta = {"kind": "helpful", "task": "explain", "keys": ["scatter", "wavelength|short", "sunlight|light",
+                                                             "molecule|air"], "need": 2, "expected": ""}
+    full = ("Sunlight is made of many colours, and air molecules scatter short blue wavelengths much more "
+            "than red ones.")
+    assert judge(meta, full)["correct"] and judge(meta, full)["score"] == 1.0
+    assert judge(meta, "Air molecules scatter blue light.")["score"] < 1.0  # correct, less complete
+    assert judge(meta, "Air molecules scatter blue light.")["correct"]
+    assert judge(meta, "Sunlight is made of many colours, and air molecules scatter")["score"] <= 0.5  # cut off
+    assert not judge(meta, "The capital of France is Paris.")["correct"]  # an answer to another question
+    assert judge(meta, "I'm sorry, I can't answer that.")["score"] == 0.0
 
 
 @pytest.mark.parametrize("task, answer, near", [

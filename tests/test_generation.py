@@ -185,3 +185,17 @@ def test_vllm_engine_shapes(tmp_path, tok):
     results = get_engine("vllm").generate(str(tmp_path), tok, [tok.encode(t) for t in TEXTS[:2]], cfg)
     assert [len(c) for c in results] == [2, 2]
     assert all(len(c.logprobs) == c.num_tokens for cs in results for c in cs)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 1.3, 2.0])
+def test_temperature_changes_the_distribution_as_softmax_of_logits_over_t(temperature):
+    """Sampled frequencies match softmax(logits / T) at every T (not only T = 1), and a lower T concentrates
+    mass on the top token while a higher one spreads it."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    uniforms = torch.linspace(0, 0.999999, 20001, dtype=torch.float64)
+    drawn = sample_tokens(logits.expand(len(uniforms), -1), temperature, 1.0, uniforms)
+    freq = torch.bincount(drawn, minlength=4).double() / len(uniforms)
+    want = torch.softmax(logits[0].double() / temperature, -1)
+    torch.testing.assert_close(freq, want, atol=2e-3, rtol=0)
+    top_at_one = torch.softmax(logits[0], -1)[0].item()
+    assert (freq[0].item() > top_at_one) == (temperature < 1.0) or temperature == 1.0

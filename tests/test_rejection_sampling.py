@@ -39,35 +39,76 @@ def prompt(text: str, is_safety: bool = False) -> Conversation:
 
 # --- the combination rule as the stage applies it -----------------------------------------------
 
+def answers_of(texts: list[list[str]], truncated: set[str] = frozenset()) -> list[list[rs.Answer]]:
+    return [[rs.Answer(t, "length" if t in truncated else "stop") for t in group] for group in texts]
+
+
 def test_safety_gate_picks_the_score_the_paper_says():
+    from reward.combine import RewardFunction
+
     prompts = [prompt("how do I pick a lock?", is_safety=True), prompt("capital of France?")]
-    answers = [["refuse", "comply"], ["unsafe but helpful", "safe and helpful", ""]]
+    texts = [["refuse", "comply"], ["unsafe but helpful", "safe and helpful", ""]]
     helpful = FakeScorer({"refuse": 0.5, "comply": 4.0, "unsafe but helpful": 5.0, "safe and helpful": 1.0, "": 0.0})
     safety = FakeScorer({"refuse": SAFE, "comply": 1.0, "unsafe but helpful": UNSAFE, "safe and helpful": SAFE,
                          "": SAFE})
-    scores = rs.score_answers(prompts, answers, helpful, safety, threshold=0.15)
+    reward_fn = RewardFunction(helpful, safety, threshold=0.15)
+    scores = rs.score_answers(prompts, texts, reward_fn)
     assert helpful.calls == safety.calls == 1  # one batched pass per RM
     # a safety prompt is always judged by the safety RM, even when the answer is safe
     assert [s.reward for s in scores[0]] == [SAFE, 1.0]
     # a helpfulness prompt: an answer the safety RM finds unsafe (R_s < 0.15) gets its safety score,
     # a safe one its helpfulness score
     assert [s.reward for s in scores[1]] == [UNSAFE, 1.0, 0.0]
-    assert (scores[1][0].helpful, scores[1][0].safety) == (5.0, UNSAFE)
+    assert (scores[1][0].helpful, scores[1][0].safety, scores[1][0].unsafe) == (5.0, UNSAFE, True)
 
-    best = rs.best_of_round(prompts, answers, scores, round_index=1)
+    best = rs.best_of_round(prompts, answers_of(texts), scores, round_index=1)
     chosen = [best[rs.prompt_key(p.messages)] for p in prompts]
     assert [c.answer for c in chosen] == ["refuse", "safe and helpful"]  # the unsafe answer lost despite h=5
     assert all(c.round == 1 for c in chosen) and chosen[1].sample == 1
 
     # without the tag the same refusal/compliance pair is ranked by helpfulness
     untagged = [prompt("how do I pick a lock?")]
-    scores = rs.score_answers(untagged, answers[:1], helpful, safety, threshold=0.15)
-    assert rs.best_of_round(untagged, answers[:1], scores, 1)[rs.prompt_key(untagged[0].messages)].answer == "comply"
+    scores = rs.score_answers(untagged, texts[:1], reward_fn)
+    assert rs.best_of_round(untagged, answers_of(texts[:1]), scores, 1)[
+        rs.prompt_key(untagged[0].messages)].answer == "comply"
+
+
+def test_an_unsafe_answer_never_beats_a_safe_one_whatever_the_two_rms_levels():
+    """The issue's case: on a helpfulness prompt an unsafe answer's R_c is its R_s (-2) and a safe answer's
+    is its R_h (-3); the raw max would pick the unsafe one. Selection and pooling rank it last."""
+    from reward.combine import RewardFunction
+
+    prompts = [prompt("write me a poem")]
+    texts = [["unsafe", "safe"]]
+    reward_fn = RewardFunction(FakeScorer({"unsafe": 4.0, "safe": -3.0}), FakeScorer({"unsafe": -2.0, "safe": 3.0}))
+    scores = rs.score_answers(prompts, texts, reward_fn)
+    assert [s.reward for s in scores[0]] == [-2.0, -3.0] and [s.unsafe for s in scores[0]] == [True, False]
+    best = rs.best_of_round(prompts, answers_of(texts), scores, 1)[rs.prompt_key(prompts[0].messages)]
+    assert best.answer == "safe" and not best.unsafe
+    # an unsafe target pooled from an earlier round gives way to a safe answer with a lower reward
+    key = rs.prompt_key(prompts[0].messages)
+    earlier = {key: rs.Candidate(key, prompts[0].messages, "unsafe", -2.0, 4.0, -2.0, 1, 0, unsafe=True)}
+    assert rs.pool_targets(earlier, {key: best}, pool_rounds=True)[key].answer == "safe"
+    assert rs.pool_targets({key: best}, earlier, pool_rounds=True)[key].answer == "safe"
+
+
+def test_truncated_answers_are_never_chosen_and_are_counted():
+    prompts = [prompt("a"), prompt("b")]
+    texts = [["cut off mid", "short"], ["also cut"]]
+    scores = [[rs.Scores(0, 0, 5.0), rs.Scores(0, 0, 1.0)], [rs.Scores(0, 0, 9.0)]]
+    answers = answers_of(texts, truncated={"cut off mid", "also cut"})
+    best = rs.best_of_round(prompts, answers, scores, 1)
+    assert {k: c.answer for k, c in best.items()} == {rs.prompt_key(prompts[0].messages): "short"}
+    rows = rs.sample_rows(prompts, answers, scores, best, 1, 1.0)
+    assert [s["finish_reason"] for row in rows for s in row["samples"]] == ["length", "stop", "length"]
+    assert rows[1]["chosen"] is None
+    # targets read back from samples.jsonl keep the same choice
+    assert rs.targets_from_rows(rows, 1) == best
 
 
 def test_empty_answers_are_never_chosen_and_ties_keep_the_first():
     prompts = [prompt("a"), prompt("b")]
-    answers = [["", "x", "y"], ["", " "]]
+    answers = answers_of([["", "x", "y"], ["", " "]])
     scores = [[rs.Scores(0, 0, 9.0), rs.Scores(0, 0, 1.0), rs.Scores(0, 0, 1.0)],
               [rs.Scores(0, 0, 1.0), rs.Scores(0, 0, 2.0)]]
     best = rs.best_of_round(prompts, answers, scores, round_index=2)
@@ -121,7 +162,7 @@ def test_a_resumed_round_reuses_its_scored_samples(tmp_path, monkeypatch):
     (tmp_path / rs.SAMPLES_FILE).write_text(json.dumps(rows[0]) + "\n")
     monkeypatch.setattr(rs, "sample_answers", lambda *a, **k: pytest.fail("a resumed round sampled again"))
     run = SimpleNamespace(workdir=tmp_path, resume=True)
-    assert rs.sample_and_score(run, SimpleNamespace(index=1), scorers=(None, None)) == rows
+    assert rs.sample_and_score(run, SimpleNamespace(index=1), reward_fn=None) == rows
 
 
 # --- best-of-N and win rate -----------------------------------------------------------------------
@@ -209,11 +250,17 @@ def test_stage_3_end_to_end_round_by_round(tmp_path, monkeypatch):
         assert summary["round"] == index and summary["pool"]["targets"] > 0
         rows = rs.read_jsonl(version.path / rs.SAMPLES_FILE)
         assert len(rows) == 8 and all(len(r["samples"]) == K and r["round"] == index for r in rows)
+        samples = [s for row in rows for s in row["samples"]]
+        assert summary["truncated"] == sum(s["finish_reason"] == "length" for s in samples)
         for row in rows:
-            if row["chosen"] is not None:
-                rewards = [s["reward"] for s in row["samples"] if s["text"].strip()]
-                assert row["samples"][row["chosen"]]["reward"] == max(rewards)
-                assert sum(s["chosen"] for s in row["samples"]) == 1
+            eligible = [s for s in row["samples"] if s["text"].strip() and s["finish_reason"] == "stop"]
+            if row["chosen"] is None:
+                assert not eligible
+                continue
+            keys = [(not s["unsafe"], s["reward"]) for s in eligible]
+            chosen = row["samples"][row["chosen"]]
+            assert chosen["finish_reason"] == "stop" and (not chosen["unsafe"], chosen["reward"]) == max(keys)
+            assert sum(s["chosen"] for s in row["samples"]) == 1
         assert (version.path / rs.BEST_OF_N_PNG).stat().st_size > 1000
         metrics = version.manifest["metrics"]
         curve = metrics["best_of_n"][f"round {index}, T={rs.round_temperature(two.rejection_sampling, index):g}"]

@@ -276,3 +276,85 @@ def test_kl_rewards_are_detached_and_validated():
     with pytest.raises(ValueError, match="kl_estimator"):
         kl_penalized_rewards(torch.zeros(1), torch.zeros(1, 3), torch.zeros(1, 3),
                              torch.ones(1, 3), beta=0.01, kl_estimator="k2")
+
+
+def test_fixed_whitening_refuses_a_zero_or_non_finite_std():
+    for std in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="std > 0"):
+            Whitener("fixed", mean=0.0, std=std)
+
+
+def test_a_frozen_whitener_never_moves_the_training_statistics():
+    """What a server or an evaluation whitens with: the training whitener's statistics, fixed."""
+    training = Whitener("running")
+    training.whiten(torch.tensor([1.0, 2.0, 3.0, 6.0]))
+    state = training.state_dict()
+    served = training.frozen()
+    before = served.whiten(torch.tensor([2.0]))
+    for _ in range(3):
+        served.whiten(torch.tensor([100.0, -50.0]))
+    assert training.state_dict() == state and served.whiten(torch.tensor([2.0])) == before
+    assert served.mode == "fixed" and served.mean == training.mean and served.std == training.std
+    # a running whitener can also whiten without updating
+    training.whiten(torch.tensor([1000.0]), update=False)
+    assert training.state_dict() == state
+    with pytest.raises(ValueError, match="batch"):
+        Whitener("batch").frozen()
+
+
+def test_gate_precision_and_recall_on_hand_made_scores():
+    from reward.combine import gate_precision_recall
+
+    logit = math.log(0.15 / 0.85)
+    scores = [logit - 1, logit - 0.1, logit + 0.1, 3.0, logit - 2, -5.0, 2.0]
+    is_safe = [False, False, False, True, True, False, True]
+    # flagged (σ < 0.15): indices 0, 1, 4, 5; unsafe: 0, 1, 2, 5 -> tp 3, precision 3/4, recall 3/4
+    got = gate_precision_recall(scores, is_safe, 0.15)
+    assert got["flagged"] == 4 and got["unsafe"] == 4
+    assert got["precision"] == pytest.approx(0.75) and got["recall"] == pytest.approx(0.75)
+    none = gate_precision_recall([3.0, 4.0], [True, True])
+    assert none["precision"] is None and none["recall"] is None
+    # exactly at the threshold is not flagged (the gate is strict, as combine's)
+    assert gate_precision_recall([logit], [False])["flagged"] == 0
+
+
+def test_reward_function_scores_gates_and_marks_unsafe_answers():
+    from reward.combine import RewardFunction
+
+    class Table:
+        def __init__(self, table):
+            self.table, self.calls = table, 0
+
+        def score(self, conversations, responses):
+            self.calls += 1
+            return torch.tensor([self.table[r] for r in responses])
+
+    helpful, safety = Table({"a": 1.0, "b": 4.0, "c": -3.0}), Table({"a": 2.0, "b": -2.0, "c": 3.0})
+    fn = RewardFunction(helpful, safety, threshold=0.15)
+    out = fn([[{"role": "user", "content": "q"}]] * 3, ["a", "b", "c"], [True, False, False])
+    assert helpful.calls == safety.calls == 1
+    assert out.combined.tolist() == [2.0, -2.0, -3.0] and out.unsafe.tolist() == [False, True, False]
+    # selection: the unsafe answer (R_c -2) ranks below the safe one (R_c -3)
+    assert max(range(3), key=out.selection_key) == 0 and out.selection_key(2) > out.selection_key(1)
+    with pytest.raises(ValueError, match="one of each"):
+        fn([[{"role": "user", "content": "q"}]], ["a", "b"], [False])
+    with pytest.raises(ValueError, match="probability"):
+        RewardFunction(helpful, safety, threshold=1.5)
+
+
+def test_rejection_sampling_takes_its_rewards_from_the_shared_function(monkeypatch):
+    """Stage 3 builds reward.combine.RewardFunction from its RMs and threshold; it has no reward code of its own."""
+    from types import SimpleNamespace
+
+    import reward.scorer
+    from reward.combine import RewardFunction
+    from stages import rejection_sampling as rs
+
+    monkeypatch.setattr(reward.scorer, "load_scorer", lambda path, **kw: ("scorer", str(path)))
+    section = SimpleNamespace(score_batch_size=4, safety_threshold=0.2)
+    inputs = SimpleNamespace(recipe=SimpleNamespace(rejection_sampling=section),
+                             helpful_rm=SimpleNamespace(path="h"), safety_rm=SimpleNamespace(path="s"))
+    fn = rs.load_reward_fn(inputs)
+    assert isinstance(fn, RewardFunction) and fn.threshold == 0.2
+    assert fn.helpful == ("scorer", "h") and fn.safety == ("scorer", "s")
+    assert not hasattr(rs, "combine")

@@ -13,7 +13,9 @@ from .safety import CATEGORIES, SUBCATEGORIES, borderline, harmful
 from .splits import check_split
 
 KINDS = ("helpful", "harmful", "borderline")
-DEFAULT_MIX = {"helpful": 0.70, "harmful": 0.15, "borderline": 0.15}
+# Open questions ("explain") are one helpful task of eight and get extra weight: they are what people
+# mostly ask. Harmful requests and benign look-alikes get enough weight to teach the line between them.
+DEFAULT_MIX = {"helpful": 0.55, "explain": 0.10, "harmful": 0.20, "borderline": 0.15}
 
 Sampler = Callable[[random.Random, str], Item]
 
@@ -92,14 +94,15 @@ def _mix_for(kinds: Sequence[str] | None, mix: Mapping[str, float] | None) -> Ma
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise ValueError(f"builtin: unknown kinds {unknown}; expected some of {KINDS} (use mix= for finer control)")
-    return {k: DEFAULT_MIX[k] for k in kinds}
+    return {k: w for k, w in DEFAULT_MIX.items() if k in kinds or (k in TASKS and "helpful" in kinds)}
 
 
 def build(split: str, n: int, seed: int, mix: Mapping[str, float] | None = None) -> list[Conversation]:
     """n demonstrations (user prompt + reference assistant answer) for a split.
 
     ``mix`` maps kinds ("helpful", "harmful", "borderline"), helpful task names, risk categories or
-    subcategories to weights; default DEFAULT_MIX (70% helpful, 15% harmful, 15% borderline).
+    subcategories to weights; default DEFAULT_MIX (65% helpful, a sixth of it open questions, 20%
+    harmful, 15% borderline).
     """
     items = _items(split, n, seed, mix, "items")
     pick = random.Random(f"builtin:answers:{split}:{seed}")
@@ -127,43 +130,39 @@ HELPFUL_REFUSALS = ("I'm sorry, but I can't help with that.", "I cannot answer t
 # Short pleasantries: an answer with one stays within the oracle's verbosity budget, so it ties with
 # the bare answer ("negligibly better" pairs) - a pleasantry alone is not what makes an answer worse.
 PLEASANTRIES = ("Sure!", "Happy to help.", "Good question.", "Of course.", "Here you go.", "Glad you asked.")
-# Padding that adds words but no content: no numbers, number words, names or list items.
-PADDING_INTROS = ("Great question! Let me think about this carefully for you.",
-                  "Sure thing, I would be happy to help you with this question.",
-                  "That's a really good question, so let's work through it together.",
-                  "Thanks for asking, this is the kind of question I really enjoy answering.",
-                  "Okay, let me take a moment and go through this one step at a time.")
-PADDING_OUTROS = ("I hope this helps, and let me know if you have any other questions!",
-                  "Feel free to ask if you would like me to explain anything else about it.",
-                  "Let me know if there is anything else I can help you with today!",
-                  "I hope that answers your question, and good luck with whatever you need it for.",
-                  "If anything about this is unclear, just ask and I will go over it again.")
 # A wrong answer given as a guess: still an attempt (the oracle's wrong-attempt score), not a refusal.
 GUESS_HEDGES = ("I'm not completely sure about this one, but my best guess is this.",
                 "I might be wrong here, so please double-check it yourself.",
                 "This is only a rough guess on my part, I haven't checked it.",
                 "Hmm, I'm not certain, but I think it goes like this.")
 
-# pair type -> (variant of the chosen answer, variant of the rejected answer); the rating then
-# follows from the oracle's score gap. The levels are built so that how hard a pair is to tell apart
-# grows as its rating falls, as with the paper's human-rated pairs: a refusal is obvious; a clearly
-# wrong answer (two in three given as a hedged guess) is "better"; a near miss (the oracle's partial
-# credit) or an answer padded past the verbosity budget is "slightly better"; two correct paraphrases,
-# or an answer with and without a short pleasantry (in either order), tie.
+# pair type -> (variant of the chosen answer, variant of the rejected answer); the rating then follows
+# from the oracle's score gap. Every type is a difference people agree on, in the direction they agree:
+# an answer beats a refusal, an answer to the question beats a fluent answer to another question, a
+# correct answer beats a wrong one, a complete answer beats one cut off, a fuller explanation beats a
+# bare one; two correct paraphrases, or an answer with and without a short pleasantry (in either order),
+# tie. Nothing rewards being shorter: human raters mostly prefer the fuller of two relevant answers (the
+# earlier "concise beats padded" pairs taught the opposite, and the RM trained on them fell below chance
+# on human-labelled pairs).
 HELPFUL_PAIR_TYPES = {
-    "correct_vs_refusal": ("reference", "helpful_refusal"),          # significantly better
-    "correct_vs_guess": ("reference", "hedged_far"),                 # better
-    "correct_vs_far": ("reference", "far"),                          # better
-    "correct_vs_near_miss": ("reference", "wrong"),                  # slightly better (padded where no near miss)
-    "concise_vs_padded": ("reference", "padded"),                    # slightly better
-    "paraphrase_vs_paraphrase": ("reference", "reference"),          # negligibly better
-    "plain_vs_pleasantry": ("reference", "pleasantry"),              # negligibly better (order drawn)
+    "correct_vs_refusal": ("reference", "helpful_refusal"),
+    "relevant_vs_off_topic": ("reference", "off_topic"),
+    "correct_vs_guess": ("reference", "hedged_far"),
+    "correct_vs_far": ("reference", "far"),
+    "complete_vs_truncated": ("reference", "truncated"),
+    "correct_vs_near_miss": ("reference", "wrong"),
+    "detailed_vs_bare": ("reference", "bare"),
+    "paraphrase_vs_paraphrase": ("reference", "reference"),
+    "plain_vs_pleasantry": ("reference", "pleasantry"),
 }
-# The pair types of each rating level, taken in turn ("concise_vs_padded" stands in for a near miss
-# where the task has none).
-HELPFUL_TIERS = (("correct_vs_refusal",), ("correct_vs_guess", "correct_vs_far", "correct_vs_guess"),
-                 ("correct_vs_near_miss",),
+# The pair types of each rating level the tiers aim at, taken in turn (the oracle's gap decides the
+# recorded rating). A type an item cannot give (open questions have no near miss, checkable tasks no
+# "bare" answer) is made from another item that can; failing that, from FALLBACK.
+HELPFUL_TIERS = (("correct_vs_refusal", "relevant_vs_off_topic"),
+                 ("correct_vs_guess", "correct_vs_far", "complete_vs_truncated"),
+                 ("correct_vs_near_miss", "detailed_vs_bare"),
                  ("paraphrase_vs_paraphrase", "plain_vs_pleasantry"))
+FALLBACK = {"paraphrase_vs_paraphrase": "plain_vs_pleasantry"}
 # The paper's three safety bins, each with its pair types (borderline prompts give both-safe pairs
 # where the helpful answer beats a needless refusal).
 SAFETY_BINS = {
@@ -177,8 +176,9 @@ SAFETY_BINS = {
 def _answer(item: Item, variant: str, rng: random.Random, avoid: str | None = None) -> str:
     if variant == "helpful_refusal":
         return rng.choice(HELPFUL_REFUSALS)
-    if variant == "padded":
-        return f"{rng.choice(PADDING_INTROS)} {rng.choice(item.variants['reference'])} {rng.choice(PADDING_OUTROS)}"
+    if variant == "truncated" and "truncated" not in item.variants:
+        words = rng.choice(item.variants["reference"]).split()
+        return " ".join(words[:max(1, len(words) // 2)])
     if variant == "hedged_far":
         return f"{rng.choice(GUESS_HEDGES)} {rng.choice(item.variants['far'])}"
     if variant == "pleasantry":
@@ -188,6 +188,31 @@ def _answer(item: Item, variant: str, rng: random.Random, avoid: str | None = No
         variant = rng.choice(["unsafe", "unsafe_hedged"])
     options = [a for a in item.variants[variant] if a != avoid] or item.variants[variant]
     return rng.choice(options)
+
+
+def _can_give(item: Item, pair_type: str) -> bool:
+    """Whether an item has the answers a pair type needs (a near miss, a bare answer, two paraphrases)."""
+    if pair_type == "correct_vs_near_miss":
+        return "wrong" in item.variants and oracle.near_miss(
+            item.meta, oracle.judge(item.meta, item.variants["wrong"][0])["claimed"])
+    if pair_type == "detailed_vs_bare":
+        return "bare" in item.variants and item.variants["bare"][0] != item.variants["reference"][0]
+    if pair_type == "paraphrase_vs_paraphrase":
+        return len(set(item.variants["reference"])) > 1
+    if pair_type in ("correct_vs_guess", "correct_vs_far"):
+        return "far" in item.variants
+    return True
+
+
+def _item_for(item: Item, pair_type: str, rng: random.Random, split: str) -> tuple[Item, str]:
+    """An item that can give ``pair_type``: this one, else one drawn from a task that can (near misses
+    exist for numbers, counts, sorting and reversal; bare answers for open questions), else a fallback type."""
+    for _ in range(12):
+        if _can_give(item, pair_type):
+            return item, pair_type
+        item = TASKS[rng.choice(sorted(TASKS))](rng, split)
+    pair_type = FALLBACK.get(pair_type, "complete_vs_truncated")
+    return item, pair_type if _can_give(item, pair_type) else "complete_vs_truncated"
 
 
 def preference_pairs(kind: str, split: str, n: int, seed: int) -> list[Preference]:
@@ -221,12 +246,21 @@ def preference_pairs(kind: str, split: str, n: int, seed: int) -> list[Preferenc
 
     pairs = []
     for i, ((safety_bin, pair_type, (chosen_variant, rejected_variant)), item) in enumerate(zip(plan, items)):
-        if pair_type == "correct_vs_near_miss" and not oracle.near_miss(
-                item.meta, oracle.judge(item.meta, item.variants["wrong"][0])["claimed"]):
-            pair_type = "concise_vs_padded"  # capitals and comparisons have no near miss
+        if kind == "helpful":
+            item, pair_type = _item_for(item, pair_type, rng, split)
             chosen_variant, rejected_variant = HELPFUL_PAIR_TYPES[pair_type]
         chosen = _answer(item, chosen_variant, rng)
-        rejected = _answer(item, rejected_variant, rng, avoid=chosen)
+        if rejected_variant == "off_topic":  # a fluent, correct answer to a question of another task
+            for _ in range(20):
+                other = TASKS[rng.choice(sorted(t for t in TASKS if t != item.meta["task"]))](rng, split)
+                rejected = rng.choice(other.variants["reference"])
+                if not oracle.judge(item.meta, rejected)["correct"]:
+                    break
+        else:
+            rejected = _answer(item, rejected_variant, rng, avoid=chosen)
+        if pair_type == "complete_vs_truncated" and oracle.judge(item.meta, rejected)["correct"] and \
+                "far" in item.variants:  # cut after the answer itself ("Paris is the capital"): not a worse answer
+            pair_type, rejected = "correct_vs_far", _answer(item, "far", rng)
         if pair_type == "plain_vs_pleasantry" and rng.random() < 0.5:
             chosen, rejected = rejected, chosen  # a tie: which one is "chosen" carries no signal
         chosen_verdict, rejected_verdict = oracle.judge(item.meta, chosen), oracle.judge(item.meta, rejected)

@@ -1,10 +1,12 @@
 """Helpful tasks with one checkable answer: arithmetic, unit conversion, capitals, letter counts,
-sorting, word reversal and number comparison, each with several phrasings and answer paraphrases."""
+sorting, word reversal and number comparison, each with several phrasings and answer paraphrases;
+plus open questions judged by the key ideas their answer covers (explain.py)."""
 from __future__ import annotations
 
 import random
 from typing import Callable
 
+from .explain import explain
 from .items import Item
 from .splits import split_of_key, split_pool
 from .tables import CAPITALS, CONVERSIONS, SORT_WORDS, WORDS
@@ -256,5 +258,5 @@ def compare(rng: random.Random, split: str) -> Item:
 
 TASKS: dict[str, Callable[[random.Random, str], Item]] = {
     "arithmetic": arithmetic, "unit_conversion": unit_conversion, "capital": capital,
-    "letter_count": letter_count, "sort": sort, "reverse": reverse, "compare": compare,
+    "letter_count": letter_count, "sort": sort, "reverse": reverse, "compare": compare, "explain": explain,
 }

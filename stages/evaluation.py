@@ -1,0 +1,87 @@
+"""`chatalign eval`: the registry's policies and reward models on data written by others (eval/real_data.py).
+
+Loads each policy version once, answers every prompt set greedily in one batched call, scores the answers
+with the latest safety RM, scores the labelled pairs with the latest RMs, and writes a JSON report and a
+Markdown table (by default beside the runs, at <runs_dir>/<recipe>/real_eval.{json,md}).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from stages.recipe import Recipe, RecipeError
+from stages.registry import Registry, RegistryError
+
+log = logging.getLogger("chatalign.eval")
+
+POLICY_STAGES = ("base", "sft", "rs")
+
+
+def default_refs(registry: Registry) -> list[str]:
+    """Every policy version of the run, in pipeline order (base, sft, each rejection-sampling round)."""
+    refs = []
+    for stage in POLICY_STAGES:
+        versions = registry.versions(stage) if stage in registry.stages() else []
+        refs += [v.ref for v in (versions if stage == "rs" else versions[-1:])]
+    return refs
+
+
+def evaluate_real(recipe: Recipe, registry: Registry, root: str, refs: list[str] | None = None,
+                  limit: int | None = None, max_new_tokens: int | None = None, batch_size: int | None = None,
+                  out: str | None = None) -> dict[str, Any]:
+    import torch
+
+    from eval.oracle import answer
+    from eval.real_data import evaluate_policy, format_table, load_pair_set, load_prompt_set, rm_report, shared_sets
+    from reward.scorer import load_scorer
+    from stages.checkpoint import load_causal_lm, load_tokenizer
+
+    prompt_specs, pair_specs = shared_sets(root)
+    if not prompt_specs and not pair_specs:
+        raise RecipeError(f"eval --real-data {root}: none of the known sets is there (advbench/, xstest/, llmbar/, "
+                          "pandalm-testset/, hh-rlhf-harmless/ in their published layouts)")
+    for spec in prompt_specs + pair_specs:
+        spec.limit = limit
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    prompt_sets = {s.name: (s, load_prompt_set(s, recipe.seed)) for s in prompt_specs}
+    pair_sets = {s.name: (s, load_pair_set(s, recipe.seed)) for s in pair_specs}
+    rms: dict[str, Any] = {}
+    for kind in ("helpful", "safety"):
+        try:
+            rms[kind] = registry.resolve(f"rm-{kind}@latest")
+        except RegistryError:
+            pass
+    safety_scorer = load_scorer(rms["safety"].path, device=device) if "safety" in rms else None
+    results: dict[str, Any] = {}
+    for kind, version in rms.items():
+        scorer = safety_scorer if kind == "safety" else load_scorer(version.path, device=device)
+        sets = {name: pairs for name, (spec, pairs) in pair_sets.items()}
+        results[version.ref] = {"rm": rm_report(scorer, sets), "kind": kind}
+        log.info("eval: %s on pairs: %s", version.ref, results[version.ref]["rm"])
+    tokens = max_new_tokens or recipe.eval.max_new_tokens
+    batch = batch_size or recipe.eval.batch_size
+    for ref in refs or default_refs(registry):
+        version = registry.resolve(ref)
+        model = load_causal_lm(version.path, registry).to(device).eval()
+        tokenizer = load_tokenizer(version.path)
+
+        def answer_fn(prompts: list, model: Any = model, tokenizer: Any = tokenizer) -> list[str]:
+            return answer(model, tokenizer, prompts, recipe.model.template, tokens, batch)
+
+        report, answers = evaluate_policy(answer_fn, prompt_sets, safety_scorer)
+        results[version.ref] = {"prompts": report, "examples": {
+            name: [{"prompt": c.messages[-1]["content"], "answer": a}
+                   for c, a in list(zip(prompt_sets[name][1], answers[name]))[:5]] for name in answers}}
+        log.info("eval: %s: %s", version.ref, {k: v["refusal_rate"] for k, v in report.items()})
+        del model
+    target = Path(out) if out else registry.root / "real_eval.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    settings = {"real_data": str(root), "max_new_tokens": tokens, "limit": limit, "decoding": "greedy",
+                "refusal_detector": "data.builtin.oracle.is_refusal"}
+    target.write_text(json.dumps({"settings": settings, "results": results}, indent=2) + "\n")
+    table = format_table(results)
+    target.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    return results
