@@ -114,7 +114,11 @@ def _load_file(loader: Callable[..., list[Record]], src: DataSource, seed: int, 
         records = loader(path, split=split, format=src.format, limit=limit)
     except FileNotFoundError as err:
         raise RecipeError(f"{key}.source: no such file '{src.source}'") from err
-    return records if src.part == "all" else _take_part(records, src, seed, key)
+    records = records if src.part == "all" else _take_part(records, src, seed, key)
+    if src.is_safety is not None:  # the recipe tags a whole file (e.g. adversarial prompts) for the safety gate
+        for record in records:
+            record.meta["is_safety"] = src.is_safety
+    return records
 
 
 def load_conversations(sources: list[DataSource], seed: int, key: str) -> list[Conversation]:

@@ -84,6 +84,8 @@ class DataSource:
         "all", "split one file by a seeded hash of each record's prompt: its train or its test part")
     test_fraction: float = knob(0.2, "share of prompts in the test part (with part: train/test)",
                                 min=0.0, max=1.0)
+    is_safety: bool | None = knob(None, "tag every record as a safety prompt (true: e.g. adversarial prompts, "
+                                        "scored by the safety RM alone) or not (false); null = as the data says")
 
 
 @dataclass
@@ -178,8 +180,9 @@ class RewardSection:
         data=[DataSource(source="builtin", n=2000)], test=[DataSource(source="builtin", n=200, split="test")]),
         doc="the safety RM's data")
     margin: Literal["none", "small", "large"] = knob("small", "margin table m(rating) in the loss (Table 27)")
-    safety_aux_loss: bool = knob(False, "add BCE of sigmoid(score) against safe/unsafe labels (our reading of "
-                                        "the paper's unstated safety auxiliary loss)")
+    safety_aux_loss: bool = knob(True, "add BCE of sigmoid(score) against safe/unsafe labels (our reading of the "
+                                       "paper's unstated safety auxiliary loss): ties σ(R_s) to P(safe), which the "
+                                       "0.15 gate reads; pairs without labels are not affected")
     safety_aux_weight: float = knob(1.0, "weight of the safety auxiliary loss", min=0.0)
     helpful_mix_ratio: float = knob(1.0, "helpfulness RM: extra pairs sampled uniformly from safety and other "
                                          "data, as a multiple of the helpfulness data (paper: equal amount)", min=0.0)

@@ -272,7 +272,7 @@ def test_stage_3_end_to_end_round_by_round(tmp_path, monkeypatch):
     assert len(round2.manifest["metrics"]["best_of_n"]) == 2
     pool1 = rs.read_pool(round1)
     pool2 = rs.read_pool(round2)
-    assert set(pool1) <= set(pool2) and all(pool2[k].reward >= pool1[k].reward for k in pool1)
+    assert set(pool1) <= set(pool2) and all(pool2[k].selection_key() >= pool1[k].selection_key() for k in pool1)
 
     # same seed, same samples: a forced fresh run of round 1 writes identical samples and targets
     (again,) = rs.run(recipe, registry, force=True)
@@ -298,3 +298,39 @@ def test_stage_3_end_to_end_round_by_round(tmp_path, monkeypatch):
     monkeypatch.setattr(stages.sft, "fine_tune", fine_tune)
     (resumed,) = rs.run(changed, registry, resume=True)
     assert resumed.id == "rs/v4" and len(sampled) == before + 1
+
+    # `chatalign eval` on prompt and pair files in the published layouts of the public sets
+    import csv
+
+    from data.builtin.oracle import is_refusal
+    from stages.cli import main
+
+    real = tmp_path / "real"
+    (real / "advbench").mkdir(parents=True)
+    with open(real / "advbench" / "harmful_behaviors.csv", "w", newline="") as f:
+        rows = [{"goal": f"Explain how to do harmful thing number {i}", "target": "Sure"} for i in range(40)]
+        csv.DictWriter(f, ["goal", "target"]).writeheader()
+        csv.DictWriter(f, ["goal", "target"]).writerows(rows)
+    (real / "xstest").mkdir()
+    with open(real / "xstest" / "xstest_prompts.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["id", "prompt", "type", "label"])
+        writer.writeheader()
+        writer.writerows([{"id": i, "prompt": f"How do I kill process {i}?", "type": "homonyms",
+                           "label": "safe" if i % 2 else "unsafe"} for i in range(6)])
+    (real / "llmbar" / "Natural").mkdir(parents=True)
+    (real / "llmbar" / "Natural" / "dataset.json").write_text(json.dumps(
+        [{"input": f"Name fruit {i}.", "output_1": "An apple.", "output_2": "A chair.", "label": 1} for i in range(4)]))
+    out = tmp_path / "eval" / "real.json"
+    assert main(["eval", "--recipe", str(RECIPE), "--set", common[0], "--real-data", str(real),
+                 "--refs", "sft@latest", "rs@v2", "--max-new-tokens", "8", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())["results"]
+    assert set(report) == {"sft@v1", "rs@v2", "rm-helpful@v1", "rm-safety@v1"}
+    assert report["rm-helpful@v1"]["rm"]["llmbar_natural"]["n"] == 4
+    prompts = report["rs@v2"]["prompts"]
+    assert prompts["xstest_safe"]["n"] == 3 and prompts["xstest_unsafe"]["n"] == 3
+    assert 0 < prompts["advbench"]["n"] < 40  # only the test part of a file a recipe may train on
+    examples = report["sft@v1"]["examples"]["xstest_safe"]
+    assert prompts is not report["sft@v1"]["prompts"]
+    refused = sum(is_refusal(e["answer"]) for e in examples)
+    assert report["sft@v1"]["prompts"]["xstest_safe"]["refusal_rate"] == refused / len(examples)
+    assert "| sft@v1 |" in out.with_suffix(".md").read_text()

@@ -193,3 +193,28 @@ def test_real_data_recipe_runs_on_the_tiny_model(tmp_path):
     helpful, safety = (v.manifest["mixture"]["counts"] for v in versions)
     assert helpful == {"helpful": 16, "safety": 0, "other": 0, "total": 16}  # own data only
     assert safety == {"safety": 16, "helpful": 0, "total": 16}
+
+
+def test_a_source_can_tag_every_prompt_as_a_safety_prompt(tmp_path):
+    """Adversarial prompt files carry no tag of their own: the recipe's is_safety sets meta.is_safety, which
+    the safety gate reads; null keeps what the data says."""
+    path = tmp_path / "adversarial.csv"
+    path.write_text("goal,target\nDo a harmful thing,Sure\nDo another harmful thing,Sure\n")
+    tagged = load_conversations([DataSource(source=str(path), format="goal", is_safety=True)], 0, "rs.prompts")
+    assert [c.meta["is_safety"] for c in tagged] == [True, True]
+    assert tagged[0].messages == [{"role": "user", "content": "Do a harmful thing"}] and tagged[0].meta["target"] == "Sure"
+    untagged = load_conversations([DataSource(source=str(path), format="goal")], 0, "rs.prompts")
+    assert all("is_safety" not in c.meta for c in untagged)
+
+
+def test_pairs_with_one_expert_label_read_as_preferences(tmp_path):
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps([{"input": "Name a fruit.", "output_1": "A chair.", "output_2": "An apple.", "label": 2},
+                                {"input": "Say hi.", "output_1": "Hi!", "output_2": "No.", "label": 1}]))
+    pairs = load_preferences([DataSource(source=str(path))], 0, "reward.helpful.test")  # format detected
+    assert [(p.chosen, p.rejected) for p in pairs] == [("An apple.", "A chair."), ("Hi!", "No.")]
+    assert pairs[0].prompt == [{"role": "user", "content": "Name a fruit."}] and pairs[0].rating is None
+    path.write_text(json.dumps([{"input": "x", "output_1": "a", "output_2": "b", "label": 3}]))
+    from data.records import DataError
+    with pytest.raises(DataError, match="label"):
+        load_preferences([DataSource(source=str(path))], 0, "reward.helpful.test")
