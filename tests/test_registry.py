@@ -143,7 +143,7 @@ def test_kill_during_content_hash_leaves_latest_and_workdir(reg, monkeypatch):
     work = reg.workdir("sft", fingerprint)
     (work / "model.safetensors").write_bytes(b"new weights")
 
-    def killed(directory):
+    def killed(directory, *cache):
         raise KeyboardInterrupt("killed while hashing")
 
     monkeypatch.setattr(registry_module, "hash_tree", killed)
