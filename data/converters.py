@@ -110,8 +110,9 @@ def _optional_fields(row: Row, source: str, line: int | None) -> dict[str, Any]:
     if rating is not None and rating not in RATINGS:
         raise DataError(source, line, "rating", f"expected one of {RATINGS} or null, got {rating!r}")
     margin = row.get("margin")
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
-        raise DataError(source, line, "margin", f"expected a number or null, got {margin!r}")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))
+                               or not _finite(margin)):  # one NaN margin turns every weight of an RM to NaN
+        raise DataError(source, line, "margin", f"expected a finite number or null, got {margin!r}")
     for key in ("chosen_safe", "rejected_safe"):
         if row.get(key) is not None and not isinstance(row[key], bool):
             raise DataError(source, line, key, f"expected true, false or null, got {row[key]!r}")
@@ -215,9 +216,16 @@ def _score(row: Row, key: str, source: str, line: int | None) -> float:
             value = float(value)  # CSV cells
         except ValueError:
             pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
         raise DataError(source, line, key, f"expected a finite number, got {value!r}")
     return float(value)
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def agreement_rating(for_chosen: int, for_rejected: int, ties: int) -> str:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import io
 import json
 import logging
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -37,29 +39,50 @@ def _suffix(path: Path) -> str:
 
 def _jsonl_rows(path: Path) -> Iterator[Located]:
     opener = gzip.open if _suffix(path) == ".jsonl.gz" else open
-    with opener(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(str(path), line_no, None, f"expected UTF-8 text ({e.reason} at byte {e.start})") from e
-            if not text.strip():
-                continue  # blank lines (a trailing newline) are not rows
-            try:
-                yield json.loads(text), str(path), line_no
-            except json.JSONDecodeError as e:
-                raise DataError(str(path), line_no, None, f"invalid JSON: {e.msg} at column {e.colno}") from e
+    line_no = 0
+    try:
+        with opener(path, "rb") as f:
+            for line_no, raw in enumerate(f, start=1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(str(path), line_no, None,
+                                    f"expected UTF-8 text ({e.reason} at byte {e.start})") from e
+                if not text.strip():
+                    continue  # blank lines (a trailing newline) are not rows
+                yield _parse_json(text, str(path), line_no), str(path), line_no
+    except (OSError, EOFError, zlib.error) as e:  # a truncated or corrupt .gz, an unreadable file
+        raise DataError(str(path), line_no + 1 if line_no else None, None, f"cannot read the file ({e})") from e
+
+
+def _parse_json(text: str, source: str, line: int | None) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(source, line if line is not None else e.lineno, None,
+                        f"invalid JSON: {e.msg} at column {e.colno}") from e
+    except RecursionError as e:
+        raise DataError(source, line, None, "invalid JSON: nested too deeply") from e
+
+
+def _utf8_text(path: Path) -> str:
+    """The whole file as text; bytes that are not UTF-8 are an error naming their line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(str(path), line, None, f"expected UTF-8 text ({e.reason} at byte {e.start})") from e
 
 
 def _json_rows(path: Path) -> Iterator[Located]:
-    text = path.read_text(encoding="utf-8")
+    text = _utf8_text(path)
     if not text.lstrip().startswith("["):
         yield from _jsonl_rows(path)  # JSON Lines saved under a .json name
         return
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(str(path), e.lineno, None, f"invalid JSON: {e.msg} at column {e.colno}") from e
+    rows = _parse_json(text, str(path), None)
+    if not isinstance(rows, list):
+        raise DataError(str(path), None, None, "expected a JSON array of rows")
     for i, row in enumerate(rows):
         yield row, f"{path}, row {i + 1}", None
 
@@ -83,15 +106,27 @@ def _csv_cell(column: str, cell: str | None) -> Any:
 
 
 def _csv_rows(path: Path) -> Iterator[Located]:
-    with open(path, newline="", encoding="utf-8") as f:
-        for i, row in enumerate(csv.DictReader(f)):
-            yield {k: _csv_cell(k, v) for k, v in row.items()}, f"{path}, row {i + 1}", None
+    reader = csv.DictReader(io.StringIO(_utf8_text(path), newline=""))
+    i = 0
+    try:
+        for i, row in enumerate(reader, start=1):
+            if None in row:  # DictReader files cells past the header under the key None
+                raise DataError(f"{path}, row {i}", None, None,
+                                f"{len(reader.fieldnames or []) + len(row[None])} cells, but the header names "
+                                f"{len(reader.fieldnames or [])} columns")
+            yield {k: _csv_cell(k, v) for k, v in row.items()}, f"{path}, row {i}", None
+    except csv.Error as e:
+        raise DataError(f"{path}, row {i + 1}", None, None, f"malformed CSV: {e}") from e
 
 
 def _parquet_rows(path: Path) -> Iterator[Located]:
     import pyarrow.parquet as pq  # comes with datasets
 
-    for i, row in enumerate(pq.read_table(path).to_pylist()):
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (OSError, ValueError) as e:  # pyarrow's errors derive from these (ArrowInvalid, ArrowIOError)
+        raise DataError(str(path), None, None, f"not a readable parquet file ({e})") from e
+    for i, row in enumerate(rows):
         yield row, f"{path}, row {i + 1}", None
 
 

@@ -114,6 +114,9 @@ def _load_file(loader: Callable[..., list[Record]], src: DataSource, seed: int, 
         records = loader(path, split=split, format=src.format, limit=limit)
     except FileNotFoundError as err:
         raise RecipeError(f"{key}.source: no such file '{src.source}'") from err
+    if not records:
+        raise RecipeError(f"{key}.source: '{src.source}' gave no records (an empty file, or every row left out by the "
+                          f"rules of format '{src.format}', docs/DATA.md); expected at least one")
     records = records if src.part == "all" else _take_part(records, src, seed, key)
     if src.is_safety is not None:  # the recipe tags a whole file (e.g. adversarial prompts) for the safety gate
         for record in records:
@@ -137,8 +140,14 @@ def load_conversations(sources: list[DataSource], seed: int, key: str) -> list[C
     return records
 
 
-def load_preferences(sources: list[DataSource], seed: int, key: str, kind: str = "helpful") -> list[Preference]:
-    """Concatenate every source's preference pairs (built-in pairs of ``kind``: helpful or safety)."""
+def load_preferences(sources: list[DataSource], seed: int, key: str, kind: str = "helpful", identical: str = "drop",
+                     dropped: dict[str, int] | None = None) -> list[Preference]:
+    """Concatenate every source's preference pairs (built-in pairs of ``kind``: helpful or safety).
+
+    Pairs whose chosen equals rejected after whitespace normalisation hold no preference: with
+    ``identical="drop"`` they are left out and counted in ``dropped`` under the source's recipe key,
+    with ``"error"`` the first one stops the load.
+    """
     from data import loaders
 
     records: list[Preference] = []
@@ -146,12 +155,36 @@ def load_preferences(sources: list[DataSource], seed: int, key: str, kind: str =
         if src.source == "builtin":
             from data import builtin
 
-            records.extend(_builtin_part(
+            pairs = _builtin_part(
                 lambda n, src=src: builtin.preference_pairs(kind=kind, split=src.split, n=n, seed=seed),
-                src, seed, f"{key}[{i}]"))
+                src, seed, f"{key}[{i}]")
         else:
-            records.extend(_load_file(loaders.load_preferences, src, seed, f"{key}[{i}]"))
+            pairs = _load_file(loaders.load_preferences, src, seed, f"{key}[{i}]")
+        kept = drop_identical(pairs, f"{key}[{i}]", src.source, identical)
+        if dropped is not None and len(kept) < len(pairs):
+            dropped[f"{key}[{i}]"] = len(pairs) - len(kept)
+        records.extend(kept)
     return records
+
+
+def normalized_text(text: str) -> str:
+    """Every run of whitespace as one space, none at the ends: answers equal after this say the same."""
+    return " ".join(text.split())
+
+
+def drop_identical(pairs: list[Preference], key: str, source: str, identical: str = "drop") -> list[Preference]:
+    """The pairs whose chosen and rejected answers differ (after whitespace normalisation)."""
+    kept = [p for p in pairs if normalized_text(p.chosen) != normalized_text(p.rejected)]
+    if len(kept) == len(pairs):
+        return kept
+    if identical == "error":
+        first = next(i for i, p in enumerate(pairs) if normalized_text(p.chosen) == normalized_text(p.rejected))
+        raise RecipeError(f"{key}: pair {first + 1} of '{source}' (one of {len(pairs) - len(kept)}) has chosen == "
+                          f"rejected after whitespace normalisation, so it holds no preference; fix the data, or set "
+                          f"reward.identical_pairs: drop to leave such pairs out")
+    log.warning("%s: dropped %d of %d pairs of '%s' whose chosen equals rejected (after whitespace normalisation)",
+                key, len(pairs) - len(kept), len(pairs), source)
+    return kept
 
 
 def fingerprint(records: list[Any]) -> str:

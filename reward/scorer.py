@@ -56,14 +56,18 @@ class RewardScorer:
     @torch.no_grad()
     def score_ids(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         """Raw scores of token-id sequences, in input order."""
+        from stages.common import progress_bar
+
         scores = torch.empty(len(sequences), dtype=torch.float32)
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            input_ids, attention_mask = pad_right([sequences[i] for i in chunk], self.pad_id)
-            logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                                use_cache=False).logits
-            scores[chunk] = logits.squeeze(-1).float().cpu()
+        with progress_bar(len(sequences), "scoring", "answer") as bar:
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                input_ids, attention_mask = pad_right([sequences[i] for i in chunk], self.pad_id)
+                logits = self.model(input_ids=input_ids.to(self.device),
+                                    attention_mask=attention_mask.to(self.device), use_cache=False).logits
+                scores[chunk] = logits.squeeze(-1).float().cpu()
+                bar.update(len(chunk))
         return scores
 
     def score(self, conversations: Sequence[Messages], responses: Sequence[str]) -> torch.Tensor:

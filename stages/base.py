@@ -118,7 +118,8 @@ def fix_special_tokens(model: Any, tokenizer: Any) -> None:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
 
 
-def build_base(section: ModelSection) -> tuple[Any, Any]:
+def build_base(section: ModelSection, seed: int = 0) -> tuple[Any, Any]:
+    """The base model and tokenizer; ``seed`` draws the weights of the tiny random model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = DTYPES[section.dtype]
@@ -128,7 +129,7 @@ def build_base(section: ModelSection) -> tuple[Any, Any]:
         tokenizer = build_tiny_tokenizer()
         t = section.tiny
         model = build_tiny_model(tokenizer, t.hidden_size, t.layers, t.heads, t.kv_heads, t.intermediate_size,
-                                 t.max_positions).to(dtype)
+                                 t.max_positions, seed=seed).to(dtype)
     elif section.source in ("embedded", "gguf"):
         model, tokenizer = load_gguf(gguf_path(section), dtype)
     elif section.source in ("hub", "local"):
@@ -156,7 +157,7 @@ def run(recipe: Recipe, registry: Registry, force: bool = False, resume: bool = 
         if not is_main_process():
             return
         torch.manual_seed(recipe.seed)
-        model, tokenizer = build_base(section)
+        model, tokenizer = build_base(section, recipe.seed)
         model.save_pretrained(str(run.workdir), safe_serialization=True)
         tokenizer.save_pretrained(str(run.workdir))
         n_params = sum(p.numel() for p in model.parameters())

@@ -1,4 +1,8 @@
-"""`chatalign <stage|pipeline|eval|lineage|recipe> …` (also `python -m stages …`)."""
+"""`chatalign <stage|pipeline|eval|lineage|verify|gc|path|recipe> …` (also `python -m stages …`).
+
+Every error a user can act on is one line on stderr and exit code 2; Ctrl-C is exit code 130 with
+where to --resume.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +13,8 @@ import sys
 from data.records import DataError
 from stages.recipe import RecipeError, describe, dump_recipe, load_recipe
 from stages.registry import RegistryError
+
+EXIT_ERROR, EXIT_INTERRUPTED = 2, 130  # 130 = 128 + SIGINT, what shells report for Ctrl-C
 
 # Stage name -> module with run(recipe, registry, force, resume). Order is the pipeline's.
 STAGES = {
@@ -22,11 +28,16 @@ ALIASES = {"0": "base", "1": "sft", "2": "reward", "rm": "reward", "3": "rejecti
            "stage-3": "rejection_sampling"}
 
 
+def stage_name(name: str, what: str = "stage") -> str:
+    """A stage's canonical name from its name, number or alias."""
+    canonical = ALIASES.get(name, name)
+    if canonical not in STAGES:
+        raise RecipeError(f"{what}: unknown stage '{name}': expected one of {', '.join(STAGES)} (or its number)")
+    return canonical
+
+
 def stage_module(name: str):
-    name = ALIASES.get(name, name)
-    if name not in STAGES:
-        raise RecipeError(f"unknown stage '{name}': expected one of {', '.join(STAGES)} (or its number)")
-    return importlib.import_module(STAGES[name])
+    return importlib.import_module(STAGES[stage_name(name)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     def recipe_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--recipe", "-r", default="recipes/smollm2-135m.yaml", help="recipe YAML")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="dotted override, e.g. --set sft.lr=1e-5 (repeatable)")
+                       help="dotted override, e.g. --set sft.optim.lr=1e-5 (repeatable)")
 
     p = sub.add_parser("stage", help="run one stage")
     p.add_argument("name", help=f"one of {', '.join(STAGES)} (or 0, 1, …)")
@@ -65,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", help="e.g. sft@latest, sft@v2")
     recipe_args(p)
 
+    p = sub.add_parser("verify", help="re-hash every file of versions and their ancestors against their manifests")
+    p.add_argument("refs", nargs="*", metavar="REF", help="e.g. sft@latest (default: every version)")
+    recipe_args(p)
+
+    p = sub.add_parser("gc", help="remove abandoned work directories (never one a live process holds)")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    recipe_args(p)
+
     p = sub.add_parser("path", help="print the directory of a version (for scripts)")
     p.add_argument("ref", help="e.g. base@latest")
     recipe_args(p)
@@ -76,49 +95,95 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stages.common import open_registry, setup_logging
+    from stages.common import StageError, setup_logging
 
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
-        if args.command == "recipe" and args.action == "docs":
-            print("\n".join(describe()))
-            return 0
-        recipe = load_recipe(args.recipe, args.overrides)
-        if args.command == "recipe":
-            print(dump_recipe(recipe) if args.action == "show" else f"{args.recipe}: valid")
-            return 0
-        registry = open_registry(recipe)
-        if args.command == "path":
-            print(registry.resolve(args.ref).path)
-            return 0
-        if args.command == "lineage":
-            print(registry.format_lineage(args.ref))
-            return 0
-        if args.command == "eval":
-            from stages.evaluation import evaluate_real
+        return run_command(args)
+    except (RecipeError, RegistryError, DataError, StageError) as err:
+        print(one_line(f"error: {err}"), file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt as interrupt:
+        # StageInterrupted names the work directory to resume; before a stage starts there is none
+        print(one_line(f"interrupted: {interrupt}" if str(interrupt) else "interrupted"), file=sys.stderr)
+        return EXIT_INTERRUPTED
 
-            evaluate_real(recipe, registry, args.real_data, args.refs, args.limit, args.max_new_tokens, out=args.out)
-            return 0
-        if args.command == "stage":
-            result = stage_module(args.name).run(recipe, registry, force=args.force, resume=args.resume)
+
+def one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from stages.common import open_registry
+
+    if args.command == "recipe" and args.action == "docs":
+        print("\n".join(describe()))
+        return 0
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.command == "recipe":
+        print(dump_recipe(recipe) if args.action == "show" else f"{args.recipe}: valid")
+        return 0
+    registry = open_registry(recipe)
+    if args.command == "path":
+        print(registry.resolve(args.ref).path)
+        return 0
+    if args.command == "lineage":
+        problems: list[str] = []
+        print(registry.format_lineage(args.ref, verify=True, problems=problems))
+        if problems:
+            more = f" (and {len(problems) - 1} more problems above)" if len(problems) > 1 else ""
+            raise RegistryError(f"broken lineage of {args.ref}: {problems[0]}{more}")
+        return 0
+    if args.command == "eval":
+        from stages.evaluation import evaluate_real
+
+        evaluate_real(recipe, registry, args.real_data, args.refs, args.limit, args.max_new_tokens, out=args.out)
+        return 0
+    if args.command == "verify":
+        return verify(registry, args.refs)
+    if args.command == "gc":
+        report = registry.collect_garbage(dry_run=args.dry_run)
+        print("\n".join(report) if report else f"{registry.root}: nothing to remove")
+        return 0
+    if args.command == "stage":
+        result = stage_module(args.name).run(recipe, registry, force=args.force, resume=args.resume)
+        for version in result if isinstance(result, list) else [result]:
+            print(json.dumps({"version": version.ref, "path": str(version.path)}))
+        return 0
+    if args.command == "pipeline":
+        names = list(STAGES)
+        if args.until:
+            names = names[:names.index(stage_name(args.until, "--until")) + 1]
+        for name in names:
+            result = stage_module(name).run(recipe, registry, force=args.force, resume=args.resume)
             for version in result if isinstance(result, list) else [result]:
-                print(json.dumps({"version": version.ref, "path": str(version.path)}))
-            return 0
-        if args.command == "pipeline":
-            names = list(STAGES)
-            if args.until:
-                last = ALIASES.get(args.until, args.until)
-                names = names[:names.index(last) + 1]
-            for name in names:
-                result = stage_module(name).run(recipe, registry, force=args.force, resume=args.resume)
-                for version in result if isinstance(result, list) else [result]:
-                    print(json.dumps({"stage": name, "version": version.ref, "path": str(version.path)}))
-            return 0
-    except (RecipeError, RegistryError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+                print(json.dumps({"stage": name, "version": version.ref, "path": str(version.path)}))
+        return 0
     return 1
+
+
+def verify(registry, refs: list[str]) -> int:
+    """Re-hash every file of the named versions and their ancestors (default: every version)."""
+    from stages.registry import IntegrityError
+
+    if refs:
+        versions = {v.id: v for ref in refs for v in registry.lineage(ref)}.values()
+    else:
+        versions = [v for stage in registry.stages() for v in registry.versions(stage)]
+    failed = 0
+    for version in versions:
+        try:
+            count = registry.verify(version, full=True)
+            print(f"ok {version.id}: {count} files match its manifest")
+        except IntegrityError as err:
+            failed += 1
+            print(one_line(f"FAILED {err}"))
+    if failed:
+        raise RegistryError(f"{failed} of {len(versions)} versions in {registry.root} differ from their manifests")
+    if not versions:
+        print(f"{registry.root}: no versions")
+    return 0
 
 
 if __name__ == "__main__":

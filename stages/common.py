@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,28 @@ def process_info() -> tuple[int, int]:
 
 def is_main_process() -> bool:
     return process_info()[0] == 0
+
+
+class StageError(RuntimeError):
+    """A stage stopped on a problem the user can act on (e.g. training diverged): one line, exit code 2."""
+
+
+class StageInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGINT) during a stage: says where its unfinished work is kept for --resume."""
+
+    def __init__(self, stage: str, workdir: Path):
+        super().__init__(f"{stage} interrupted; its unfinished work is kept in {workdir}: run the same command "
+                         f"with --resume to continue from its last checkpoint")
+        self.stage, self.workdir = stage, workdir
+
+
+def progress_bar(total: int, desc: str, unit: str):
+    """A tqdm bar (done, rate, ETA) on an interactive terminal of the main process; otherwise a bar
+    that draws nothing, so logs and the other processes' output stay clean."""
+    from tqdm.auto import tqdm
+
+    quiet = not is_main_process() or not sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, dynamic_ncols=True, leave=False)
 
 
 def barrier() -> None:
@@ -70,27 +93,37 @@ def run_stage(recipe: Recipe, registry: Registry, stage: str, section_name: str,
     the seed; when they match a finished version, that version is reused (``force`` re-runs).
     ``section`` replaces the recipe section as recorded and hashed (a stage that commits several
     versions from one section, such as the rounds of rejection sampling, records each one's share).
+    Every parent is checked first (unbroken lineage, files as their manifests record). The main
+    process holds the work directory's lock from before it discards or resumes anything until the
+    version is in place, so a second run of the same stage is refused rather than deleting live work;
+    Ctrl-C raises StageInterrupted, which names the work directory to --resume.
     """
     section = recipe.section(section_name) if section is None else section
+    for parent in parents:  # a broken chain or changed bytes must stop the stage before it reuses or trains
+        registry.check_parent(parent)
     fingerprint = registry.inputs_fingerprint(parents, section, data_fingerprints, recipe.seed)
     if not force:
         reusable = registry.find_reusable(stage, fingerprint)
         if reusable is not None:
             log.info("%s: inputs unchanged, reusing %s (pass --force to run again)", stage, reusable.ref)
             return reusable
+    registry.check_writable()
     workdir = registry.workdir(stage, fingerprint)
-    if workdir.exists() and any(workdir.iterdir()) and not resume and is_main_process():
-        log.info("%s: discarding unfinished work in %s (pass --resume to continue it)", stage, workdir.name)
-        import shutil
-
-        shutil.rmtree(workdir)
-    barrier()
-    workdir.mkdir(parents=True, exist_ok=True)
-    run = StageRun(registry, stage, workdir, parents, section, data_fingerprints, recipe.seed, resume)
-    if recipe.wandb.enabled and is_main_process():
-        run.wandb_run = start_wandb(recipe, stage, section)
-    start = time.time()
+    # One writer per work directory: the main process holds its lock until the version is in place.
+    lock = registry.lock_workdir(workdir) if is_main_process() else None
+    run = None
     try:
+        if workdir.exists() and any(workdir.iterdir()) and not resume and is_main_process():
+            log.info("%s: discarding unfinished work in %s (pass --resume to continue it)", stage, workdir.name)
+            import shutil
+
+            shutil.rmtree(workdir)
+        barrier()
+        workdir.mkdir(parents=True, exist_ok=True)
+        run = StageRun(registry, stage, workdir, parents, section, data_fingerprints, recipe.seed, resume)
+        if recipe.wandb.enabled and is_main_process():
+            run.wandb_run = start_wandb(recipe, stage, section)
+        start = time.time()
         body(run)
         barrier()
         version = None
@@ -104,9 +137,15 @@ def run_stage(recipe: Recipe, registry: Registry, stage: str, section_name: str,
                 from stages.registry import log_artifact
 
                 log_artifact(version, run.wandb_run)
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, StageInterrupted):
+            raise
+        raise StageInterrupted(stage, workdir) from interrupt
     finally:
-        if run.wandb_run is not None:
+        if run is not None and run.wandb_run is not None:
             run.wandb_run.finish()
+        if lock is not None:
+            lock.release()
     barrier()
     return version if version is not None else registry.latest(stage)
 

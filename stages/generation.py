@@ -251,8 +251,11 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], cfg: SamplingCo
     K = cfg.num_samples
     results: list[list[Completion | None]] = [[None] * K for _ in prompts]
 
+    from stages.common import progress_bar
+
     was_training = model.training
     model.eval()
+    bar = progress_bar(len(prompts) * K, "sampling", "sample")
     try:
         with torch.inference_mode():
             for group in _prompt_groups(prompts, max(1, cfg.batch_size // K)):
@@ -275,8 +278,10 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], cfg: SamplingCo
                     for (g, s), (token_ids, logprobs, reason) in zip(chunk, decoded):
                         text = tokenizer.decode(token_ids, skip_special_tokens=True)
                         results[group[g]][s] = Completion(token_ids, text, reason, logprobs)
+                    bar.update(len(chunk))
                 del cache
     finally:
+        bar.close()
         model.train(was_training)
     return results
 

@@ -2,7 +2,7 @@
 
 Every field has a default (the paper's where it gives one), a one-line doc and a unit. Loading
 validates before any work starts: unknown keys, wrong types and impossible values fail with the
-file, line and key, and what is allowed. Dotted overrides (``sft.lr=1e-5``) apply on top.
+file, line and key, and what is allowed. Dotted overrides (``sft.optim.lr=1e-5``) apply on top.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -26,9 +27,9 @@ class RecipeError(ValueError):
 
 
 def knob(default: Any = dataclasses.MISSING, doc: str = "", unit: str = "", min: float | None = None,
-         max: float | None = None, factory: Any = None) -> Any:
-    """A recipe field with its documentation and bounds kept next to the default."""
-    meta = {"doc": doc, "unit": unit, "min": min, "max": max}
+         max: float | None = None, factory: Any = None, above: float | None = None) -> Any:
+    """A recipe field with its documentation and bounds kept next to the default (``above``: strictly greater)."""
+    meta = {"doc": doc, "unit": unit, "min": min, "max": max, "above": above}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -121,7 +122,7 @@ class FineTuneSection:
 
     epochs: float = knob(1.0, "passes over the targets (SFT uses 2; here 1, because with start_from: previous "
                               "the pooled targets of earlier rounds are trained on again every round)", "epochs",
-                         min=0.0)
+                         above=0.0)
     max_steps: int | None = knob(None, "stop after this many optimizer steps (caps epochs)", "steps", min=1)
     batch_size: int = knob(64, "sequences per optimizer step (all processes, all accumulation)", "sequences", min=1)
     micro_batch_size: int = knob(4, "sequences per forward pass on one process", "sequences", min=1)
@@ -143,7 +144,7 @@ class FineTuneSection:
 class SFTSection(FineTuneSection):
     """Stage 1: supervised fine-tuning on demonstrations, loss on answer tokens only (§3.1)."""
 
-    epochs: float = knob(2.0, "passes over the training data (§3.1)", "epochs", min=0.0)
+    epochs: float = knob(2.0, "passes over the training data (§3.1)", "epochs", above=0.0)
     train_on: Literal["all_assistant", "last_assistant"] = knob(
         "all_assistant", "which assistant turns carry loss; prompts never do")
     parent: str = knob("base@latest", "registry ref of the model to fine-tune")
@@ -189,7 +190,10 @@ class RewardSection:
     safety_mix_helpful_share: float = knob(0.1, "safety RM: share of helpfulness pairs in its mix (paper: 90/10)",
                                            min=0.0, max=0.99)
     drop_unsafe_chosen: bool = knob(True, "drop pairs whose chosen answer is unsafe and rejected is safe")
-    epochs: float = knob(1.0, "passes over the mixed data (paper: 1; more overfits)", "epochs", min=0.0)
+    identical_pairs: Literal["drop", "error"] = knob(
+        "drop", "pairs whose chosen equals rejected (after whitespace normalisation) hold no preference: drop them "
+                "(counted in the manifest) or stop with an error naming the source")
+    epochs: float = knob(1.0, "passes over the mixed data (paper: 1; more overfits)", "epochs", above=0.0)
     max_steps: int | None = knob(None, "stop after this many optimizer steps", "steps", min=1)
     batch_size: int = knob(512, "preference pairs per optimizer step", "pairs", min=1)
     micro_batch_size: int = knob(8, "pairs per forward pass on one process (chosen+rejected in one pass)",
@@ -332,6 +336,30 @@ class _Builder:
             where = f"{self.source}, line {line}" if line else self.source
         raise RecipeError(f"{where}: key '{key}': {message}")
 
+    def check(self, recipe: Recipe) -> Recipe:
+        """What no single field can say: a name that stays inside runs_dir, a model shape that exists,
+        a batch that splits into micro-batches."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", recipe.name):
+            self.fail("name", f"expected a plain directory name (letters, digits, '-', '_', '.'; not starting with "
+                              f"'.'), got {recipe.name!r}: checkpoints go to <runs_dir>/<name>/")
+        tiny = recipe.model.tiny
+        if recipe.model.source == "tiny":
+            if tiny.heads % tiny.kv_heads:
+                self.fail("model.tiny.kv_heads", f"must divide heads ({tiny.heads}), got {tiny.kv_heads}: each "
+                                                 f"key/value head serves an equal group of query heads")
+            if tiny.hidden_size % tiny.heads:
+                self.fail("model.tiny.heads", f"must divide hidden_size ({tiny.hidden_size}), got {tiny.heads}")
+            if (tiny.hidden_size // tiny.heads) % 2:
+                self.fail("model.tiny.hidden_size", f"hidden_size / heads (the head size, "
+                                                    f"{tiny.hidden_size // tiny.heads}) must be even for rotary "
+                                                    f"position embeddings")
+        for key, section in (("sft", recipe.sft), ("reward", recipe.reward),
+                             ("rejection_sampling.train", recipe.rejection_sampling.train)):
+            if section.batch_size % section.micro_batch_size:
+                self.fail(f"{key}.batch_size", f"must be a multiple of micro_batch_size "
+                                               f"({section.micro_batch_size}), got {section.batch_size}")
+        return recipe
+
     def build(self, cls: type, data: Any, prefix: str, base: Any = None) -> Any:
         """``cls`` from ``data``; keys not given keep the values of ``base`` (the field's own default),
         so `optim: {lr: 1e-6}` keeps the rest of a stage's paper schedule rather than generic defaults."""
@@ -392,6 +420,10 @@ class _Builder:
             if not isinstance(value, str):
                 self.fail(key, f"expected a string, got {value!r}")
         meta = meta or {}
+        if tp is float and not math.isfinite(value):
+            self.fail(key, f"expected a finite number, got {value}")
+        if meta.get("above") is not None and value <= meta["above"]:
+            self.fail(key, f"must be > {meta['above']}, got {value}")
         if meta.get("min") is not None and value < meta["min"]:
             self.fail(key, f"must be >= {meta['min']}, got {value}")
         if meta.get("max") is not None and value > meta["max"]:
@@ -422,11 +454,18 @@ def _key_lines(text: str) -> dict[str, int]:
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """'sft.lr=1e-5' -> (['sft', 'lr'], 1e-05). Values are read as YAML."""
+    """'sft.optim.lr=1e-5' -> (['sft', 'optim', 'lr'], 1e-05). Values are read as YAML."""
     if "=" not in item:
-        raise RecipeError(f"override '{item}': expected KEY=VALUE with a dotted key, e.g. sft.lr=1e-5")
+        raise RecipeError(f"override '{item}': expected KEY=VALUE with a dotted key, e.g. sft.optim.lr=1e-5")
     key, raw = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+    if not raw.strip():
+        return key.strip().split("."), None
+    try:
+        value = _parse_yaml(raw)
+    except _YAML_ERRORS as err:
+        raise RecipeError(f"override '{item}': the value is not valid YAML ({_yaml_problem(err)}); quote a "
+                          f"string that holds ':', '[' or '{{', e.g. {key}='\"a: b\"'") from err
+    return key.strip().split("."), value
 
 
 def _override_steps(item: str, path: list[str]) -> list[str | int]:
@@ -469,25 +508,69 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {err.start}); save the recipe as UTF-8") from err
     except OSError as err:
         raise RecipeError(f"{path}: cannot read the recipe ({err.strerror}); pass an existing YAML file, "
                           f"e.g. recipes/tiny.yaml") from err
     try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
+        data = _parse_yaml(text)
+    except _YAML_ERRORS as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}" if mark else str(path)
-        raise RecipeError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from err
-    data = apply_overrides(data, overrides or [])
+        raise RecipeError(f"{where}: not valid YAML: {_yaml_problem(err)}") from err
+    data = apply_overrides({} if data is None else data, overrides or [])
+    if data == {}:  # an empty file (or only comments) is a mistake, not a request for every default
+        raise RecipeError(f"{path}: the recipe is empty; expected a mapping with the recipe's name and a section "
+                          f"per stage (recipes/tiny.yaml is a short example)")
     lines: dict[str, Any] = dict(_key_lines(text))
     for item in overrides or []:
         lines[".".join(parse_override(item)[0])] = "override"
-    return _Builder(str(path), lines).build(Recipe, data, "")
+    builder = _Builder(str(path), lines)
+    return builder.check(builder.build(Recipe, data, ""))
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "<dict>") -> Recipe:
-    return _Builder(source, {}).build(Recipe, data, "")
+    builder = _Builder(source, {})
+    return builder.check(builder.build(Recipe, data, ""))
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first_line: int, mark: Any):
+        super().__init__(f"key {key!r} appears twice in one mapping (first on line {first_line}); YAML would "
+                         f"silently keep only the last, so remove one")
+        self.problem, self.problem_mark = str(self), mark
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that gives one key twice."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+        first_lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys merged in with << may be overridden: that is what merging is for
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in first_lines:
+                    raise _DuplicateKey(key, first_lines[key], key_node.start_mark)
+                first_lines[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: SafeLoader reports it below
+                continue
+        return super().construct_mapping(node, deep)
+
+
+# What reading YAML can raise besides YAMLError: a timestamp that is no date (ValueError), deep nesting.
+_YAML_ERRORS = (yaml.YAMLError, ValueError, OverflowError, RecursionError)
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+def _yaml_problem(err: BaseException) -> str:
+    return str(getattr(err, "problem", None) or err)
 
 
 def dump_recipe(recipe: Recipe) -> str:

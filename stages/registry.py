@@ -166,7 +166,7 @@ class Registry:
         first, so a changed checkpoint is an error rather than something silently reused."""
         for version in reversed(self.versions(stage)):
             if version.manifest.get("inputs_fingerprint") == fingerprint:
-                self.verify(version, hint="or pass --force to build a new version")
+                self.verify(version)
                 return version
         return None
 
@@ -315,12 +315,12 @@ class Registry:
 
     # -------------------------------------------------------------- integrity
 
-    def verify(self, version: Version, full: bool = False, hint: str = "") -> int:
+    def verify(self, version: Version, full: bool = False) -> int:
         """Check a version's files against its manifest and return how many were checked; raise
         IntegrityError naming the first file that differs. The fast check (default) compares sizes
         and re-hashes only files whose stat changed since they were last hashed (cached per version);
         ``full`` re-hashes every file."""
-        return verify_files(version.path, version.manifest, version.id, full=full, hint=hint)
+        return verify_files(version.path, version.manifest, version.id, full=full)
 
     # ----------------------------------------------------------- housekeeping
 
@@ -464,14 +464,13 @@ def _read_holder(fd: int) -> str:
 
 # ------------------------------------------------------------------ integrity
 
-def verify_files(directory: Path, manifest: dict, label: str, full: bool = False, hint: str = "") -> int:
+def verify_files(directory: Path, manifest: dict, label: str, full: bool = False) -> int:
     """Check the files of a version directory against its manifest (see Registry.verify)."""
     directory = Path(directory)
-    advice = ("it changed after the version was committed: restore it, or rebuild the version "
-              "(run its stage with --force)" + (f", {hint}" if hint else ""))
 
     def fail(what: str) -> typing.NoReturn:
-        raise IntegrityError(f"{what} ({label}); {advice}")
+        raise IntegrityError(f"{what}: {label} changed after it was committed; restore the file, or rebuild "
+                             f"the version (run its stage with --force)")
 
     files = manifest.get("files")
     entries_ok = isinstance(files, dict) and all(
@@ -486,9 +485,9 @@ def verify_files(directory: Path, manifest: dict, label: str, full: bool = False
         try:
             stat = path.stat()
         except OSError:
-            fail(f"{path}: missing, but the manifest records {entry['bytes']} bytes")
+            fail(f"{path}: missing, but the manifest of {label} records {entry['bytes']} bytes")
         if stat.st_size != entry["bytes"]:
-            fail(f"{path}: {stat.st_size} bytes, but the manifest records {entry['bytes']}")
+            fail(f"{path}: {stat.st_size} bytes, but the manifest of {label} records {entry['bytes']}")
         cached = cache.get(relative)
         if _trusted(cached, stat, entry["sha256"]):
             fresh[relative] = cached
@@ -496,12 +495,12 @@ def verify_files(directory: Path, manifest: dict, label: str, full: bool = False
         checked_ns = time.time_ns()
         digest, _ = _hash_file(path, sync=False)
         if digest != entry["sha256"]:
-            fail(f"{path}: sha256 {digest[:12]}, but the manifest records {entry['sha256'][:12]}")
+            fail(f"{path}: sha256 {digest[:12]}, but the manifest of {label} records {entry['sha256'][:12]}")
         fresh[relative] = {"stat": _stat_key(stat), "sha256": digest, "checked_ns": checked_ns}
     extra = sorted(set(_relative_files(directory)) - set(files))
     if extra:
-        fail(f"{directory / extra[0]}: not in the manifest"
-             + (f" (nor {len(extra) - 1} other files)" if len(extra) > 1 else ""))
+        fail(f"{directory / extra[0]}: not in the manifest of {label}"
+             + (f" (nor are {len(extra) - 1} other files)" if len(extra) > 1 else ""))
     if fresh != cache:
         try:
             _write_json_atomic(directory / VERIFY_CACHE, fresh, sync=False)

@@ -46,6 +46,7 @@ class RMData:
     safety: list[Preference]
     helpful_other: list[Preference] = field(default_factory=list)
     safety_other: list[Preference] = field(default_factory=list)
+    dropped_identical: dict[str, int] = field(default_factory=dict)  # pairs with chosen == rejected, per recipe key
 
 
 @dataclass
@@ -81,13 +82,18 @@ def mix_reward_data(data: RMData, section: RewardSection, seed: int) -> RMMixtur
 
 def load_reward_data(section: RewardSection, seed: int) -> tuple[RMData, dict[str, list[Preference]]]:
     """Training data of both RMs and the test sets (named "helpful" and "safety")."""
+    from functools import partial
+
     from data.sources import load_preferences
 
+    dropped: dict[str, int] = {}
+    load_preferences = partial(load_preferences, identical=section.identical_pairs, dropped=dropped)
     data = RMData(
         helpful=load_preferences(section.helpful.data, seed, "reward.helpful.data", kind="helpful"),
         safety=load_preferences(section.safety.data, seed, "reward.safety.data", kind="safety"),
         helpful_other=load_preferences(section.helpful.other_data, seed, "reward.helpful.other_data", kind="helpful"),
         safety_other=load_preferences(section.safety.other_data, seed, "reward.safety.other_data", kind="safety"),
+        dropped_identical=dropped,
     )
     tests = {kind: load_preferences(getattr(section, kind).test, seed, f"reward.{kind}.test", kind=kind)
              for kind in KINDS}
@@ -172,7 +178,7 @@ def run(recipe: Recipe, registry: Registry, force: bool = False, resume: bool = 
     versions = []
     for kind in KINDS:
         train_pairs = getattr(mixtures, kind)
-        stats = mixtures.manifest_entry(kind)
+        stats = {**mixtures.manifest_entry(kind), "dropped_identical": data.dropped_identical}
         if not train_pairs:
             raise RecipeError(f"reward.{kind}.data: no training pairs for the {kind} reward model "
                               f"(mixture: {stats}); give it preference data")

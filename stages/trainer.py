@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from stages.common import StageError
 from stages.recipe import OptimSection, RecipeError
 
 log = logging.getLogger("chatalign.trainer")
@@ -312,12 +313,13 @@ class Trainer:
                 step_loss += loss_sum.detach().double()
                 tokens_seen += int(batch["input_ids"].numel() if "attention_mask" not in batch
                                    else batch["attention_mask"].sum())
-            grad_norm = None
-            if settings.optim.grad_clip > 0:
-                grad_norm = acc.clip_grad_norm_(self.model.parameters(), settings.optim.grad_clip)
+            # The norm is taken even without clipping (an infinite bound scales by 1), so a NaN or inf
+            # gradient is seen before the optimizer writes it into the weights.
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), settings.optim.grad_clip or math.inf)
+            train_loss = float(acc.reduce(step_loss, reduction="sum")) / units
+            self.check_finite(step, train_loss, grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            train_loss = float(acc.reduce(step_loss, reduction="sum")) / units
             record = {"step": step + 1, "train_loss": train_loss, "lr": lr}
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
@@ -342,6 +344,29 @@ class Trainer:
                         "train_time_s": round(elapsed, 2), "history": history})
         metrics.update({k: v for k, v in final.items() if k.startswith("heldout_")})
         return metrics
+
+    def check_finite(self, step: int, loss: float, grad_norm: Any) -> None:
+        """Stop at the first non-finite loss or gradient norm, before it reaches a checkpoint (and, except under
+        DeepSpeed, whose engine steps inside backward, before it reaches the weights).
+
+        Under fp16 the gradient scaler skips steps whose gradients overflow, so there only the loss counts.
+        """
+        norm = None if grad_norm is None else float(grad_norm)
+        bad_norm = norm is not None and not math.isfinite(norm) and self.accelerator.scaler is None
+        if math.isfinite(loss) and not bad_norm:
+            return
+        ckpt = latest_checkpoint(self.ckpt_dir)
+        if ckpt is None:
+            kept = (f"no checkpoint was saved before it (checkpoint_every is {self.settings.checkpoint_every}), "
+                    f"so a rerun starts from step 0")
+        else:
+            kept = (f"the last good checkpoint, {ckpt}, is kept: --resume with an unchanged recipe continues from "
+                    f"it, a changed recipe starts afresh")
+        raise StageError(
+            f"{self.desc}: non-finite training loss {loss} (gradient norm {norm}) at optimizer step {step + 1} of "
+            f"{self.total_steps}; stopped there, and {kept}. Try a lower learning rate (optim.lr, now "
+            f"{self.settings.optim.lr:g}), gradient clipping (optim.grad_clip), fp32 precision, or look for "
+            f"extreme values in the data")
 
     def unwrapped_state(self) -> tuple[Any, dict[str, torch.Tensor]]:
         """The plain model and a full state dict (gathered under ZeRO-3 / FSDP)."""
