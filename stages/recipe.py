@@ -500,7 +500,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(node, list) or last >= len(node):
                 raise RecipeError(f"override '{item}': the recipe file has no item [{last}] there")
         elif not isinstance(node, dict):
-            raise RecipeError(f"override '{item}': '{steps[-2]}' is not a section")
+            where = f"'{steps[-2]}' is not a section" if len(steps) > 1 else "the recipe file is not a mapping"
+            raise RecipeError(f"override '{item}': {where}")
         node[last] = value
     return data
 

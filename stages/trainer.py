@@ -298,45 +298,47 @@ class Trainer:
 
             bar = tqdm(total=self.total_steps, initial=start_step, desc=self.desc, unit="step", dynamic_ncols=True)
         train_loss = float("nan")
-        for step in range(start_step, self.total_steps):
-            lr = lr_at(step, self.total_steps, settings.optim)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            units = max(self.step_units(step), 1)
-            step_loss = torch.zeros((), dtype=torch.float64, device=acc.device)
-            for batch in self.micro_batches(step):
-                with acc.accumulate(self.model), acc.autocast():
-                    loss_sum, _, _ = self.loss_fn(self.model, batch)
-                    # accelerate divides by the accumulation steps; undo it so the step's loss is
-                    # the mean over all of its trained units, however they fall into micro-batches
-                    acc.backward(loss_sum / units * self.grad_accum)
-                step_loss += loss_sum.detach().double()
-                tokens_seen += int(batch["input_ids"].numel() if "attention_mask" not in batch
-                                   else batch["attention_mask"].sum())
-            # The norm is taken even without clipping (an infinite bound scales by 1), so a NaN or inf
-            # gradient is seen before the optimizer writes it into the weights.
-            grad_norm = acc.clip_grad_norm_(self.model.parameters(), settings.optim.grad_clip or math.inf)
-            train_loss = float(acc.reduce(step_loss, reduction="sum")) / units
-            self.check_finite(step, train_loss, grad_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            record = {"step": step + 1, "train_loss": train_loss, "lr": lr}
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
-            done = step + 1
-            if done % settings.eval_every == 0 or (done == self.total_steps and self.final_eval):
-                record.update(self.evaluate())
-            history.append(record)
-            self.log_fn(record, done)
+        try:  # the bar is closed before any error is printed, so the error stays the last line
+            for step in range(start_step, self.total_steps):
+                lr = lr_at(step, self.total_steps, settings.optim)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                units = max(self.step_units(step), 1)
+                step_loss = torch.zeros((), dtype=torch.float64, device=acc.device)
+                for batch in self.micro_batches(step):
+                    with acc.accumulate(self.model), acc.autocast():
+                        loss_sum, _, _ = self.loss_fn(self.model, batch)
+                        # accelerate divides by the accumulation steps; undo it so the step's loss is
+                        # the mean over all of its trained units, however they fall into micro-batches
+                        acc.backward(loss_sum / units * self.grad_accum)
+                    step_loss += loss_sum.detach().double()
+                    tokens_seen += int(batch["input_ids"].numel() if "attention_mask" not in batch
+                                       else batch["attention_mask"].sum())
+                # The norm is taken even without clipping (an infinite bound scales by 1), so a NaN or inf
+                # gradient is seen before the optimizer writes it into the weights.
+                grad_norm = acc.clip_grad_norm_(self.model.parameters(), settings.optim.grad_clip or math.inf)
+                train_loss = float(acc.reduce(step_loss, reduction="sum")) / units
+                self.check_finite(step, train_loss, grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                record = {"step": step + 1, "train_loss": train_loss, "lr": lr}
+                if grad_norm is not None:
+                    record["grad_norm"] = float(grad_norm)
+                done = step + 1
+                if done % settings.eval_every == 0 or (done == self.total_steps and self.final_eval):
+                    record.update(self.evaluate())
+                history.append(record)
+                self.log_fn(record, done)
+                if bar is not None:
+                    elapsed = max(time.time() - t0, 1e-9)
+                    bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}",
+                                    tok_s=f"{tokens_seen * acc.num_processes / elapsed:.0f}")
+                    bar.update(1)
+                if done % settings.checkpoint_every == 0 and done < self.total_steps:
+                    save_checkpoint(acc, self.ckpt_dir, done, {"history": history, "initial": initial})
+        finally:
             if bar is not None:
-                elapsed = max(time.time() - t0, 1e-9)
-                bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}",
-                                tok_s=f"{tokens_seen * acc.num_processes / elapsed:.0f}")
-                bar.update(1)
-            if done % settings.checkpoint_every == 0 and done < self.total_steps:
-                save_checkpoint(acc, self.ckpt_dir, done, {"history": history, "initial": initial})
-        if bar is not None:
-            bar.close()
+                bar.close()
         elapsed = time.time() - t0
         final = history[-1]
         metrics.update({"train_loss": train_loss, "steps": self.total_steps,

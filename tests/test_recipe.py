@@ -46,6 +46,19 @@ def test_unknown_key_names_line_and_suggests(tmp_path):
     ("sft:\n  data: {source: builtin}\n", "sft.data", "expected a list"),
     ("sft:\n  data: [{source: builtin, nn: 3}]\n", "sft.data[0].nn", "unknown key"),
     ("sft: 3\n", "sft", "expected a mapping"),
+    ("sft:\n  epochs: 0\n", "sft.epochs", "must be > 0.0"),
+    ("reward:\n  epochs: 0\n", "reward.epochs", "must be > 0.0"),
+    ("sft:\n  optim: {lr: .nan}\n", "sft.optim.lr", "expected a finite number"),
+    ("rejection_sampling:\n  temperatures: [1.0, .inf]\n", "rejection_sampling.temperatures[1]", "finite"),
+    ("model: {source: tiny, tiny: {heads: 4, kv_heads: 3}}\n", "model.tiny.kv_heads", "must divide heads (4)"),
+    ("model: {source: tiny, tiny: {hidden_size: 64, heads: 5, kv_heads: 1}}\n", "model.tiny.heads",
+     "must divide hidden_size (64)"),
+    ("model: {source: tiny, tiny: {hidden_size: 24, heads: 8, kv_heads: 1}}\n", "model.tiny.hidden_size",
+     "must be even"),
+    ("sft: {batch_size: 10, micro_batch_size: 4}\n", "sft.batch_size", "multiple of micro_batch_size (4)"),
+    ("name: ../escaped\n", "name", "plain directory name"),
+    ("name: .hidden\n", "name", "plain directory name"),
+    ("name: a/b\n", "name", "plain directory name"),
 ])
 def test_bad_values_fail_before_work(tmp_path, text, key, expected):
     with pytest.raises(RecipeError) as err:
@@ -132,3 +145,16 @@ def test_override_list_items(tmp_path):
         load_recipe(path, ["sft.data[0].nn=3"])
     with pytest.raises(RecipeError, match=r"no item \[5\]"):
         load_recipe(path, ["sft.data[5].n=3"])
+
+
+def test_duplicate_keys_and_empty_recipes_are_refused(tmp_path):
+    with pytest.raises(RecipeError, match=r"line 4: not valid YAML: key 'epochs' appears twice .*first on line 3"):
+        load_recipe(write(tmp_path, "name: x\nsft:\n  epochs: 1\n  epochs: 2\n"))
+    merged = "name: x\nsft: &b {epochs: 1}\nreward:\n  <<: *b\n  epochs: 3\n"  # what << merges may be overridden
+    assert load_recipe(write(tmp_path, merged)).reward.epochs == 3.0
+    with pytest.raises(RecipeError, match="the recipe is empty"):
+        load_recipe(write(tmp_path, "# nothing here\n"))
+    with pytest.raises(RecipeError, match="the recipe file is not a mapping"):
+        load_recipe(write(tmp_path, "0\n"), ["name=x"])
+    with pytest.raises(RecipeError, match="override 'sft.optim=\\{lr: \\[\\}': the value is not valid YAML"):
+        load_recipe(write(tmp_path, "name: x\n"), ["sft.optim={lr: [}"])
