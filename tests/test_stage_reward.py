@@ -116,9 +116,9 @@ def test_stage_2_end_to_end_on_the_tiny_recipe(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # other safety data in which every chosen answer is unsafe and every rejected one safe: all dropped
     load_preferences = data.sources.load_preferences
-    monkeypatch.setattr(data.sources, "load_preferences", lambda sources, seed, key, kind="helpful": (
+    monkeypatch.setattr(data.sources, "load_preferences", lambda sources, seed, key, kind="helpful", **options: (
         pairs("flipped", 3, chosen_safe=False, rejected_safe=True) if key == "reward.safety.other_data"
-        else load_preferences(sources, seed, key, kind)))
+        else load_preferences(sources, seed, key, kind, **options)))
     recipe = load_recipe(RECIPE, overrides=[
         f"runs_dir={tmp_path / 'runs'}", "sft.max_steps=2", "sft.heldout=[{source: builtin, n: 8, split: heldout}]",
         "reward.safety_aux_loss=true"])
@@ -133,6 +133,7 @@ def test_stage_2_end_to_end_on_the_tiny_recipe(tmp_path, monkeypatch):
         assert [p["id"] for p in manifest["parents"]] == [sft_version.id] == ["sft/v1"]
         assert manifest["reward_model"]["kind"] == kind
         assert manifest["mixture"]["dropped_unsafe_chosen"] == {"helpful": 0, "safety": 3, "other": 0}
+        assert manifest["mixture"]["dropped_identical"] == {}  # the built-in pairs never repeat an answer
         history = manifest["metrics"]["history"]
         assert history[0]["step"] == 0 and "heldout_correct" in history[0]
         evaluation = json.loads((version.path / "eval.json").read_text())
