@@ -1,7 +1,8 @@
 """`chatalign eval`: the registry's policies and reward models on data written by others (eval/real_data.py).
 
 Loads each policy version once, answers every prompt set greedily in one batched call, scores the answers
-with the latest safety RM, scores the labelled pairs with the latest RMs, and writes a JSON report and a
+with the latest safety RM, scores the labelled pairs of each RM's kind (helpfulness or safety) with the
+latest RMs, and writes a JSON report and a
 Markdown table (by default beside the runs, at <runs_dir>/<recipe>/real_eval.{json,md}).
 """
 from __future__ import annotations
@@ -57,7 +58,7 @@ def evaluate_real(recipe: Recipe, registry: Registry, root: str, refs: list[str]
     results: dict[str, Any] = {}
     for kind, version in rms.items():
         scorer = safety_scorer if kind == "safety" else load_scorer(version.path, device=device)
-        sets = {name: pairs for name, (spec, pairs) in pair_sets.items()}
+        sets = {name: pairs for name, (spec, pairs) in pair_sets.items() if spec.rm == kind}  # each RM on its kind
         results[version.ref] = {"rm": rm_report(scorer, sets), "kind": kind}
         log.info("eval: %s on pairs: %s", version.ref, results[version.ref]["rm"])
     tokens = max_new_tokens or recipe.eval.max_new_tokens

@@ -138,7 +138,8 @@ GUESS_HEDGES = ("I'm not completely sure about this one, but my best guess is th
 
 # pair type -> (variant of the chosen answer, variant of the rejected answer); the rating then follows
 # from the oracle's score gap. Every type is a difference people agree on, in the direction they agree:
-# an answer beats a refusal, an answer to the question beats a fluent answer to another question, a
+# an answer beats a refusal, an answer to the question beats a fluent answer to another question, an
+# answer that keeps the prompt's instruction on its form beats the same content that ignores it, a
 # correct answer beats a wrong one, a complete answer beats one cut off, a fuller explanation beats a
 # bare one; two correct paraphrases, or an answer with and without a short pleasantry (in either order),
 # tie. Nothing rewards being shorter: human raters mostly prefer the fuller of two relevant answers (the
@@ -149,6 +150,7 @@ HELPFUL_PAIR_TYPES = {
     "relevant_vs_off_topic": ("reference", "off_topic"),
     "correct_vs_guess": ("reference", "hedged_far"),
     "correct_vs_far": ("reference", "far"),
+    "follows_vs_ignores_instruction": ("reference", "ignores_instruction"),
     "complete_vs_truncated": ("reference", "truncated"),
     "correct_vs_near_miss": ("reference", "wrong"),
     "detailed_vs_bare": ("reference", "bare"),
@@ -159,10 +161,10 @@ HELPFUL_PAIR_TYPES = {
 # recorded rating). A type an item cannot give (open questions have no near miss, checkable tasks no
 # "bare" answer) is made from another item that can; failing that, from FALLBACK.
 HELPFUL_TIERS = (("correct_vs_refusal", "relevant_vs_off_topic"),
-                 ("correct_vs_guess", "correct_vs_far", "complete_vs_truncated"),
+                 ("correct_vs_guess", "correct_vs_far", "complete_vs_truncated", "follows_vs_ignores_instruction"),
                  ("correct_vs_near_miss", "detailed_vs_bare"),
                  ("paraphrase_vs_paraphrase", "plain_vs_pleasantry"))
-FALLBACK = {"paraphrase_vs_paraphrase": "plain_vs_pleasantry"}
+FALLBACK = {"paraphrase_vs_paraphrase": "plain_vs_pleasantry", "plain_vs_pleasantry": "paraphrase_vs_paraphrase"}
 # The paper's three safety bins, each with its pair types (borderline prompts give both-safe pairs
 # where the helpful answer beats a needless refusal).
 SAFETY_BINS = {
@@ -199,8 +201,12 @@ def _can_give(item: Item, pair_type: str) -> bool:
         return "bare" in item.variants and item.variants["bare"][0] != item.variants["reference"][0]
     if pair_type == "paraphrase_vs_paraphrase":
         return len(set(item.variants["reference"])) > 1
+    if pair_type == "plain_vs_pleasantry":  # a pleasantry in front breaks an instruction on the form
+        return not item.meta.get("style")
     if pair_type in ("correct_vs_guess", "correct_vs_far"):
         return "far" in item.variants
+    if pair_type == "follows_vs_ignores_instruction":
+        return "ignores_instruction" in item.variants
     return True
 
 

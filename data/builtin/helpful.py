@@ -1,6 +1,7 @@
 """Helpful tasks with one checkable answer: arithmetic, unit conversion, capitals, letter counts,
 sorting, word reversal and number comparison, each with several phrasings and answer paraphrases;
-plus open questions judged by the key ideas their answer covers (explain.py)."""
+plus open questions judged by the key ideas their answer covers (explain.py), and any of these with an
+instruction on the form of the answer ("Answer in lowercase.")."""
 from __future__ import annotations
 
 import random
@@ -260,3 +261,43 @@ TASKS: dict[str, Callable[[random.Random, str], Item]] = {
     "arithmetic": arithmetic, "unit_conversion": unit_conversion, "capital": capital,
     "letter_count": letter_count, "sort": sort, "reverse": reverse, "compare": compare, "explain": explain,
 }
+
+
+# ---------------------------------------------------------------- an explicit instruction on the form
+# style -> (instructions, how the reference answer is rewritten to keep it); checked by gatt.check_constraint
+_FORM_INSTRUCTIONS = {
+    "all_caps": (("Answer in all capital letters.", "Please write your answer in uppercase only.",
+                  "Reply using only capital letters."), str.upper),
+    "all_lowercase": (("Answer in lowercase letters only.", "Write your whole answer in lowercase.",
+                       "Please reply without any capital letters."), str.lower),
+    "start_indeed": (("Begin your answer with the word 'Indeed'.", "Start your reply with 'Indeed'.",
+                      "Your answer must start with the word Indeed."), lambda text: "Indeed. " + text),
+}
+
+
+def constrained(rng: random.Random, split: str) -> Item:
+    """Another task's question with an instruction on the form of the answer, as people add them ("...
+    Answer in lowercase."): the answer must be right and keep the form (IFEval-style instruction following)."""
+    task = rng.choice(sorted(t for t in TASKS if t != "constrained"))
+    item = TASKS[task](rng, split)
+    from .gatt import check_constraint
+
+    styles = sorted(_FORM_INSTRUCTIONS)
+    rng.shuffle(styles)
+    for style in styles:  # a form the rewritten answers keep ("126." has no letters to put in lowercase)
+        phrasings, rewrite = _FORM_INSTRUCTIONS[style]
+        check = {"type": "style", "value": style}
+        variants = {name: [rewrite(a) for a in answers] for name, answers in item.variants.items()}
+        if all(check_constraint(check, a) for a in variants["reference"]):
+            break
+    else:
+        return item
+    instruction = rng.choice(phrasings)
+    prompt = f"{item.prompt} {instruction}" if rng.random() < 0.7 else f"{instruction} {item.prompt}"
+    ignored = [a for a in item.variants["reference"] if not check_constraint(check, a)]  # right content, form ignored
+    if ignored:
+        variants["ignores_instruction"] = ignored
+    return Item(prompt=prompt, meta={**item.meta, "style": style}, variants=variants)
+
+
+TASKS["constrained"] = constrained
