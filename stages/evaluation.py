@@ -34,6 +34,7 @@ def evaluate_real(recipe: Recipe, registry: Registry, root: str, refs: list[str]
                   out: str | None = None) -> dict[str, Any]:
     import torch
 
+    from data.builtin.oracle import is_refusal
     from eval.oracle import answer
     from eval.real_data import evaluate_policy, format_table, load_pair_set, load_prompt_set, rm_report, shared_sets
     from reward.scorer import load_scorer
@@ -72,9 +73,9 @@ def evaluate_real(recipe: Recipe, registry: Registry, root: str, refs: list[str]
             return answer(model, tokenizer, prompts, recipe.model.template, tokens, batch)
 
         report, answers = evaluate_policy(answer_fn, prompt_sets, safety_scorer)
-        results[version.ref] = {"prompts": report, "examples": {
-            name: [{"prompt": c.messages[-1]["content"], "answer": a}
-                   for c, a in list(zip(prompt_sets[name][1], answers[name]))[:5]] for name in answers}}
+        results[version.ref] = {"prompts": report, "answers": {  # every answer, to read what a rate counts
+            name: [{"prompt": c.messages[-1]["content"], "answer": a, "refused": is_refusal(a)}
+                   for c, a in zip(prompt_sets[name][1], answers[name])] for name in answers}}
         log.info("eval: %s: %s", version.ref, {k: v["refusal_rate"] for k, v in report.items()})
         del model
     target = Path(out) if out else registry.root / "real_eval.json"

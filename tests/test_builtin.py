@@ -388,7 +388,8 @@ def test_safety_data_is_wide_and_varied(safety_items):
     assert any(is_refusal(it.history[1]["content"]) for it in multi)  # pushback after a refusal
     assert any(not is_refusal(it.history[1]["content"]) for it in multi)  # innocuous first exchange
     references = [r for it in harmful_items for r in it.variants["reference"]]
-    assert 0.1 < sum(not is_refusal(r) for r in references) / len(references) < 0.5  # deflections
+    # every safe answer refuses early, then adds risks, help, or the need behind the request
+    assert all(is_refusal(" ".join(r.split(". ")[:3])) for r in references)
     assert sum("instead" in r for r in references) / len(references) > 0.3  # safe alternatives
     assert len({r.split(".")[0] for r in (it.variants["refusal"][0] for it in harmful_items)}) > 50
     assert any(it.history for s in SPLITS for it in safety_items[s][1])  # benign multi-turn set-ups

@@ -329,8 +329,8 @@ def test_stage_3_end_to_end_round_by_round(tmp_path, monkeypatch):
     prompts = report["rs@v2"]["prompts"]
     assert prompts["xstest_safe"]["n"] == 3 and prompts["xstest_unsafe"]["n"] == 3
     assert 0 < prompts["advbench"]["n"] < 40  # only the test part of a file a recipe may train on
-    examples = report["sft@v1"]["examples"]["xstest_safe"]
-    assert prompts is not report["sft@v1"]["prompts"]
+    examples = report["sft@v1"]["answers"]["xstest_safe"]
+    assert len(examples) == 3 and all(e["refused"] == is_refusal(e["answer"]) for e in examples)
     refused = sum(is_refusal(e["answer"]) for e in examples)
     assert report["sft@v1"]["prompts"]["xstest_safe"]["refusal_rate"] == refused / len(examples)
     assert "| sft@v1 |" in out.with_suffix(".md").read_text()

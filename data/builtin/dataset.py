@@ -15,7 +15,7 @@ from .splits import check_split
 KINDS = ("helpful", "harmful", "borderline")
 # Open questions ("explain") are one helpful task of eight and get extra weight: they are what people
 # mostly ask. Harmful requests and benign look-alikes get enough weight to teach the line between them.
-DEFAULT_MIX = {"helpful": 0.55, "explain": 0.10, "harmful": 0.20, "borderline": 0.15}
+DEFAULT_MIX = {"helpful": 0.45, "explain": 0.10, "harmful": 0.25, "borderline": 0.20}
 
 Sampler = Callable[[random.Random, str], Item]
 
@@ -101,8 +101,8 @@ def build(split: str, n: int, seed: int, mix: Mapping[str, float] | None = None)
     """n demonstrations (user prompt + reference assistant answer) for a split.
 
     ``mix`` maps kinds ("helpful", "harmful", "borderline"), helpful task names, risk categories or
-    subcategories to weights; default DEFAULT_MIX (65% helpful, a sixth of it open questions, 20%
-    harmful, 15% borderline).
+    subcategories to weights; default DEFAULT_MIX (55% helpful, a fifth of it open questions, 25%
+    harmful, 20% borderline).
     """
     items = _items(split, n, seed, mix, "items")
     pick = random.Random(f"builtin:answers:{split}:{seed}")

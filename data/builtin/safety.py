@@ -1018,8 +1018,8 @@ def _refusal_sentence(rng: random.Random, spec: dict, act: dict | None) -> str:
 
 
 def _safe_answers(rng: random.Random, spec: dict, act: dict | None, concern: str | None, family: str) -> list[str]:
-    """Two or three different safe answers: the classic one (concern, refusal, risks, safe help), a refusal
-    that offers a safe alternative, and a deflection that answers the underlying need."""
+    """Two of three different safe answers: the classic one (concern, refusal, risks, safe help), a refusal
+    that offers a safe alternative, and a refusal that answers the underlying need."""
     alts = ([act["alt"]] if act and act["alt"] else []) + list(spec["alt"])
     concern_first = concern or (rng.choice(spec["concern"]) if spec.get("concern") else None)
     risk = rng.sample(spec["risk"], 2)
@@ -1027,7 +1027,10 @@ def _safe_answers(rng: random.Random, spec: dict, act: dict | None, concern: str
         "classic": [_refusal_sentence(rng, spec, act), risk[0], rng.choice(spec["resource"])],
         "alternative": [_refusal_sentence(rng, spec, act), risk[1],
                         rng.choice(_OFFERS).format(alt=alts[0] if act and act["alt"] and rng.random() < 0.7 else rng.choice(alts))],
-        "deflect": [act["need"], risk[0]] if act and act["need"] else [rng.choice(spec["deflect"])],
+        # the refusal comes first in every form: a small model copies an answer's opening, and an opening
+        # that offers help ("I can help you ...") was copied into compliance with harmful requests
+        "deflect": [_refusal_sentence(rng, spec, act), act["need"], risk[0]] if act and act["need"]
+        else [_refusal_sentence(rng, spec, act), rng.choice(spec["deflect"])],
     }
     if family == "fiction":
         forms["alternative"] = [_refusal_sentence(rng, spec, act), rng.choice(_FICTION_ALT)]
