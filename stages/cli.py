@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="at most this many prompts or pairs per set")
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap (default eval.max_new_tokens)")
     p.add_argument("--out", default=None, help="report path (default <runs_dir>/<recipe>/real_eval.json)")
+    p.add_argument("--no-rm", dest="rms", action="store_false", help="policies only: skip the RMs' pair accuracy")
 
     p = sub.add_parser("lineage", help="print a version's chain back to the base")
     p.add_argument("ref", help="e.g. sft@latest, sft@v2")
@@ -138,7 +139,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "eval":
         from stages.evaluation import evaluate_real
 
-        evaluate_real(recipe, registry, args.real_data, args.refs, args.limit, args.max_new_tokens, out=args.out)
+        evaluate_real(recipe, registry, args.real_data, args.refs, args.limit, args.max_new_tokens, out=args.out,
+                      rms=args.rms)
         return 0
     if args.command == "verify":
         return verify(registry, args.refs)

@@ -31,7 +31,7 @@ def default_refs(registry: Registry) -> list[str]:
 
 def evaluate_real(recipe: Recipe, registry: Registry, root: str, refs: list[str] | None = None,
                   limit: int | None = None, max_new_tokens: int | None = None, batch_size: int | None = None,
-                  out: str | None = None) -> dict[str, Any]:
+                  out: str | None = None, rms: bool = True) -> dict[str, Any]:
     import torch
 
     from data.builtin.oracle import is_refusal
@@ -49,15 +49,15 @@ def evaluate_real(recipe: Recipe, registry: Registry, root: str, refs: list[str]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     prompt_sets = {s.name: (s, load_prompt_set(s, recipe.seed)) for s in prompt_specs}
     pair_sets = {s.name: (s, load_pair_set(s, recipe.seed)) for s in pair_specs}
-    rms: dict[str, Any] = {}
+    rm_versions: dict[str, Any] = {}
     for kind in ("helpful", "safety"):
         try:
-            rms[kind] = registry.resolve(f"rm-{kind}@latest")
+            rm_versions[kind] = registry.resolve(f"rm-{kind}@latest")
         except RegistryError:
             pass
-    safety_scorer = load_scorer(rms["safety"].path, device=device) if "safety" in rms else None
+    safety_scorer = load_scorer(rm_versions["safety"].path, device=device) if "safety" in rm_versions else None
     results: dict[str, Any] = {}
-    for kind, version in rms.items():
+    for kind, version in (rm_versions.items() if rms else []):
         scorer = safety_scorer if kind == "safety" else load_scorer(version.path, device=device)
         sets = {name: pairs for name, (spec, pairs) in pair_sets.items() if spec.rm == kind}  # each RM on its kind
         results[version.ref] = {"rm": rm_report(scorer, sets), "kind": kind}
