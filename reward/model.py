@@ -66,13 +66,41 @@ def reward_model_from_causal_lm(causal_lm: Any, pad_token_id: int | None = None,
     return model
 
 
-def build_reward_model(causal_lm_path: str | Path, registry: Any = None, lora: Any = None, seed: int = 0) -> Any:
+def freeze_below_top_layers(model: Any, top_layers: int) -> int:
+    """Freeze the embeddings and every transformer block except the top ``top_layers``; the final norm
+    and the score head stay trainable. Autograd then never goes below the lowest trainable block, so a
+    step costs one forward plus the backward of the top blocks only. Returns the trainable parameters."""
+    backbone = getattr(model, model.base_model_prefix)
+    blocks = getattr(backbone, "layers", None)
+    if blocks is None:
+        raise TypeError(f"{type(model).__name__} has no `layers` list of transformer blocks; "
+                        "reward.top_layers needs a decoder of the Llama family (set it to null)")
+    if not 1 <= top_layers <= len(blocks):
+        raise ValueError(f"reward.top_layers is {top_layers} but the model has {len(blocks)} blocks; "
+                         f"give 1..{len(blocks)}, or null to train all weights")
+    for param in backbone.parameters():
+        param.requires_grad_(False)
+    for block in list(blocks)[len(blocks) - top_layers:]:
+        for param in block.parameters():
+            param.requires_grad_(True)
+    for name in ("norm",):
+        if getattr(backbone, name, None) is not None:
+            for param in getattr(backbone, name).parameters():
+                param.requires_grad_(True)
+    for param in model.score.parameters():
+        param.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_reward_model(causal_lm_path: str | Path, registry: Any = None, lora: Any = None, seed: int = 0,
+                       top_layers: int | None = None) -> Any:
     """The RM initialized from a chat checkpoint directory (a registry version's path, e.g. sft@latest).
 
     A LoRA checkpoint is merged into its base first (stages.checkpoint.load_causal_lm). With ``lora``
     (a recipe LoraSection with enabled=True) the backbone is frozen and gets adapters while the score
     head trains fully; the stage merges them before saving, so every saved RM is a plain
-    ``*ForSequenceClassification`` checkpoint.
+    ``*ForSequenceClassification`` checkpoint. With ``top_layers`` only the top blocks, the final norm
+    and the head train (freeze_below_top_layers).
     """
     from stages.checkpoint import load_causal_lm, load_tokenizer
 
@@ -80,6 +108,11 @@ def build_reward_model(causal_lm_path: str | Path, registry: Any = None, lora: A
     tokenizer = load_tokenizer(Path(causal_lm_path))
     model = reward_model_from_causal_lm(causal_lm, tokenizer.pad_token_id, seed)
     del causal_lm
+    if top_layers is not None:
+        if lora is not None and lora.enabled:
+            raise ValueError("reward.top_layers and reward.lora.enabled exclude each other: pick one way to "
+                             "train part of the model")
+        freeze_below_top_layers(model, top_layers)
     if lora is not None and lora.enabled:
         from peft import LoraConfig, get_peft_model
 

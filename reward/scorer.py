@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import torch
 
 from data.records import Preference
+from reward.calibration import Platt
 from reward.model import encode_response, pad_right
 
 Messages = list[dict[str, str]]
@@ -21,11 +22,13 @@ class RewardScorer:
 
     ``model_dir_or_model`` is a checkpoint directory (loaded with AutoModelForSequenceClassification)
     or a model object. Inputs are sorted by length and scored ``batch_size`` at a time, so padding
-    stays small; the scores come back in input order as a float32 CPU tensor.
+    stays small; the scores come back in input order as a float32 CPU tensor. With ``calibration``
+    (reward.calibration.Platt) every score is ``scale * logit + bias``, the level σ(score) is read at.
     """
 
     def __init__(self, model_dir_or_model: str | Path | Any, tokenizer: Any = None, template: str = "model",
-                 batch_size: int = 16, device: str | torch.device | None = None, max_length: int | None = None):
+                 batch_size: int = 16, device: str | torch.device | None = None, max_length: int | None = None,
+                 calibration: Platt | None = None):
         if isinstance(model_dir_or_model, (str, Path)):
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -44,6 +47,7 @@ class RewardScorer:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer, self.template, self.batch_size, self.max_length = tokenizer, template, batch_size, max_length
+        self.calibration = calibration
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else model.config.pad_token_id
 
     def encode(self, conversations: Sequence[Messages], responses: Sequence[str]) -> list[list[int]]:
@@ -68,7 +72,7 @@ class RewardScorer:
                                     attention_mask=attention_mask.to(self.device), use_cache=False).logits
                 scores[chunk] = logits.squeeze(-1).float().cpu()
                 bar.update(len(chunk))
-        return scores
+        return self.calibration(scores) if self.calibration is not None else scores
 
     def score(self, conversations: Sequence[Messages], responses: Sequence[str]) -> torch.Tensor:
         """Raw score of each response as the assistant's answer to its conversation (ending with a user turn)."""
@@ -84,11 +88,12 @@ class RewardScorer:
 
 
 def load_scorer(version_path: str | Path, batch_size: int = 16, device: str | torch.device | None = None,
-                template: str | None = None) -> RewardScorer:
+                template: str | None = None, calibrated: bool = True) -> RewardScorer:
     """A scorer for a saved RM directory (a registry version or any HF sequence-classification checkpoint).
 
     The chat template and length cap come from the version's manifest when it has one (what the RM
-    was trained with), else ``template`` or "model" (the tokenizer's own chat template).
+    was trained with), else ``template`` or "model" (the tokenizer's own chat template). So does the
+    Platt calibration the reward stage fitted (the safety RM's), applied unless ``calibrated`` is False.
     """
     path = Path(version_path)
     recorded: dict[str, Any] = {}
@@ -97,5 +102,7 @@ def load_scorer(version_path: str | Path, batch_size: int = 16, device: str | to
         recorded = json.loads(manifest.read_text()).get(MANIFEST_KEY, {}) or {}
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    calibration = recorded.get("calibration") if calibrated else None
     return RewardScorer(path, template=template or recorded.get("template", "model"), batch_size=batch_size,
-                        device=device, max_length=recorded.get("max_length"))
+                        device=device, max_length=recorded.get("max_length"),
+                        calibration=Platt.from_dict(calibration) if calibration else None)

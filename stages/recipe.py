@@ -185,6 +185,11 @@ class RewardSection:
                                        "paper's unstated safety auxiliary loss): ties σ(R_s) to P(safe), which the "
                                        "0.15 gate reads; pairs without labels are not affected")
     safety_aux_weight: float = knob(1.0, "weight of the safety auxiliary loss", min=0.0)
+    safety_calibration: list[DataSource] = knob(
+        factory=lambda: [DataSource(source="builtin", n=64, split="heldout")],
+        doc="safety RM: preference data whose answers carry safe/unsafe labels, never trained on, to fit Platt "
+            "scaling of the score (reward/calibration.py) so that the gate's σ(R_s) < 0.15 reads as P(safe) "
+            "< 0.15; [] = no calibration")
     helpful_mix_ratio: float = knob(1.0, "helpfulness RM: extra pairs sampled uniformly from safety and other "
                                          "data, as a multiple of the helpfulness data (paper: equal amount)", min=0.0)
     safety_mix_helpful_share: float = knob(0.1, "safety RM: share of helpfulness pairs in its mix (paper: 90/10)",
@@ -202,6 +207,8 @@ class RewardSection:
                            min=8)
     optim: OptimSection = knob(factory=_rm_optim, doc="optimizer and schedule (§3.2.2)")
     lora: LoraSection = knob(factory=LoraSection, doc="LoRA instead of full fine-tuning")
+    top_layers: int | None = knob(None, "train only the top N transformer blocks, the final norm and the head "
+                                  "(no backward below them: cheaper steps); null = all weights", "blocks", min=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = knob("auto", "auto = bf16 on a GPU that has it, else fp32")
     gradient_checkpointing: bool = knob(False, "recompute activations to save memory")
     checkpoint_every: int = knob(50, "save a resumable training checkpoint every N steps", "steps", min=1)

@@ -126,7 +126,8 @@ def train_reward_model(run: StageRun, recipe: Recipe, parent: Version, kind: str
 
     section, template, stage = recipe.reward, recipe.model.template, STAGE_NAMES[kind]
     tokenizer = load_tokenizer(parent.path)
-    model = build_reward_model(parent.path, run.registry, lora=section.lora, seed=recipe.seed)
+    model = build_reward_model(parent.path, run.registry, lora=section.lora, seed=recipe.seed,
+                               top_layers=section.top_layers)
     train_examples, train_stats = encode_pairs(tokenizer, train_pairs, template, section.max_length)
     heldout_examples, heldout_stats = encode_pairs(tokenizer, test_sets[kind], template, section.max_length)
     aux_weight = section.safety_aux_weight if kind == "safety" and section.safety_aux_loss else 0.0
@@ -145,12 +146,44 @@ def train_reward_model(run: StageRun, recipe: Recipe, parent: Version, kind: str
         else:
             plain.save_pretrained(str(run.workdir), state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(str(run.workdir))
-        metrics.update(evaluate_saved(run, recipe, kind, test_sets))
+        calibration = None
+        if kind == "safety" and section.safety_calibration:
+            calibration, metrics["calibration"] = calibrate_saved(run, recipe)
+        metrics.update(evaluate_saved(run, recipe, kind, test_sets, calibration))
     return metrics
 
 
-def evaluate_saved(run: StageRun, recipe: Recipe, kind: str, test_sets: dict[str, list[Preference]]) -> dict:
-    """Score the test sets with the RM as saved (so the evaluation sees exactly what users load)."""
+def calibrate_saved(run: StageRun, recipe: Recipe) -> tuple[Any, dict[str, Any]]:
+    """Fit Platt scaling of the saved safety RM on the labelled answers of ``reward.safety_calibration``."""
+    import torch
+
+    from data.sources import load_preferences
+    from reward.calibration import fit_platt, labelled_answers
+    from reward.scorer import RewardScorer
+
+    section = recipe.reward
+    pairs = load_preferences(section.safety_calibration, recipe.seed, "reward.safety_calibration", kind="safety")
+    conversations, answers, labels = labelled_answers(pairs)
+    if len(set(labels)) < 2:
+        raise RecipeError(f"reward.safety_calibration: its {len(labels)} labelled answers are all "
+                          f"{'safe' if labels and labels[0] else 'unsafe'}; Platt scaling needs safe and unsafe "
+                          "answers (give data with chosen_safe/rejected_safe labels, or [] to turn it off)")
+    scorer = RewardScorer(run.workdir, template=recipe.model.template, batch_size=section.micro_batch_size * 2,
+                          device="cuda" if torch.cuda.is_available() else "cpu", max_length=section.max_length)
+    raw = scorer.score(conversations, answers)
+    try:
+        platt = fit_platt(raw, labels)
+    except ValueError as e:  # an RM that has not learned the order yet: keep its raw level, say so
+        log.warning("safety RM calibration skipped: %s", e)
+        return None, {"skipped": str(e), "answers": len(labels), "unsafe": labels.count(False)}
+    log.info("safety RM calibration on %d labelled answers: calibrated = %.3f * score %+.3f", len(labels),
+             platt.scale, platt.bias)
+    return platt, {**platt.to_dict(), "answers": len(labels), "unsafe": labels.count(False)}
+
+
+def evaluate_saved(run: StageRun, recipe: Recipe, kind: str, test_sets: dict[str, list[Preference]],
+                   calibration: Any = None) -> dict:
+    """Score the test sets with the RM as saved and calibrated (so the evaluation sees what users load)."""
     import torch
 
     from eval.rm import evaluate_scorer
@@ -158,7 +191,8 @@ def evaluate_saved(run: StageRun, recipe: Recipe, kind: str, test_sets: dict[str
 
     section = recipe.reward
     scorer = RewardScorer(run.workdir, template=recipe.model.template, batch_size=section.micro_batch_size * 2,
-                          device="cuda" if torch.cuda.is_available() else "cpu", max_length=section.max_length)
+                          device="cuda" if torch.cuda.is_available() else "cpu", max_length=section.max_length,
+                          calibration=calibration)
     report = evaluate_scorer(scorer, test_sets, run.workdir, name=STAGE_NAMES[kind], seed=recipe.seed)
     return eval_summary(report)
 
@@ -190,6 +224,8 @@ def run(recipe: Recipe, registry: Registry, force: bool = False, resume: bool = 
             run.extra["reward_model"] = {"kind": kind, "template": recipe.model.template,
                                          "max_length": section.max_length, "margin": section.margin,
                                          "lora_merged": section.lora.enabled}
+            if "scale" in run.metrics.get("calibration", {}):  # what reward.scorer.load_scorer applies
+                run.extra["reward_model"]["calibration"] = {k: run.metrics["calibration"][k] for k in ("scale", "bias")}
 
         fingerprints = {"train": fingerprint(train_pairs), **test_fingerprints}
         versions.append(run_stage(recipe, registry, STAGE_NAMES[kind], "reward", [parent], fingerprints, body,

@@ -199,3 +199,65 @@ def test_lora_reward_model_trains_and_saves_merged(tmp_path, lm_dir, tokenizer):
     tokenizer.save_pretrained(str(tmp_path))
     loaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path), num_labels=1)
     torch.testing.assert_close(RewardScorer(loaded, tokenizer).score(PROMPTS, RESPONSES), ours, atol=1e-5, rtol=0)
+
+
+def test_top_layers_freezes_everything_below_the_top_blocks(lm_dir):
+    from reward.model import freeze_below_top_layers
+
+    model = build_reward_model(lm_dir, top_layers=1)
+    backbone = model.model
+    assert not any(p.requires_grad for p in backbone.embed_tokens.parameters())
+    assert not any(p.requires_grad for p in backbone.layers[0].parameters())
+    assert all(p.requires_grad for p in backbone.layers[-1].parameters())
+    assert all(p.requires_grad for p in backbone.norm.parameters())
+    assert model.score.weight.requires_grad
+    # backward stops at the lowest trainable block: the frozen ones get no gradient at all
+    ids = torch.tensor([[5, 6, 7, 8]])
+    model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.sum().backward()
+    assert backbone.layers[0].self_attn.q_proj.weight.grad is None
+    assert backbone.layers[-1].self_attn.q_proj.weight.grad is not None
+    with pytest.raises(ValueError, match="top_layers is 9 but the model has 2 blocks"):
+        freeze_below_top_layers(build_reward_model(lm_dir), 9)
+    with pytest.raises(ValueError, match="exclude each other"):
+        build_reward_model(lm_dir, lora=LoraSection(enabled=True), top_layers=1)
+
+
+def test_platt_calibration_fits_known_parameters_and_keeps_the_order():
+    from reward.calibration import Platt, fit_platt, labelled_answers
+
+    generator = torch.Generator().manual_seed(0)
+    raw = torch.randn(4000, generator=generator)
+    true_scale, true_bias = 3.0, -1.0
+    labels = torch.rand(4000, generator=generator) < torch.sigmoid(true_scale * raw + true_bias)
+    platt = fit_platt(raw, labels)
+    assert platt.scale == pytest.approx(true_scale, rel=0.15) and platt.bias == pytest.approx(true_bias, abs=0.2)
+    assert torch.equal(torch.argsort(platt(raw)), torch.argsort(raw))
+    # separable data still gives a finite fit (Platt's smoothed targets)
+    separable = fit_platt([-2.0, -1.0, 1.0, 2.0], [False, False, True, True])
+    assert 0 < separable.scale < 100 and torch.sigmoid(separable(torch.tensor(-2.0))) < 0.25  # target 1/(2+2)
+    with pytest.raises(ValueError, match="both classes"):
+        fit_platt([0.1, 0.2], [True, True])
+    with pytest.raises(ValueError, match="scale is .* <= 0"):
+        fit_platt([2.0, 1.0, -1.0, -2.0], [False, False, True, True])
+    with pytest.raises(ValueError, match="finite scale > 0"):
+        Platt(scale=0.0)
+    assert Platt.from_dict(platt.to_dict()) == platt
+    pairs = [Preference(prompt=[{"role": "user", "content": "q"}], chosen="no", rejected="sure, here", chosen_safe=True,
+                        rejected_safe=False),
+             Preference(prompt=[{"role": "user", "content": "q"}], chosen="no", rejected="x")]
+    conversations, answers, labels = labelled_answers(pairs)
+    assert answers == ["no", "sure, here"] and labels == [True, False] and len(conversations) == 2
+
+
+def test_load_scorer_applies_the_manifest_calibration(tmp_path, lm_dir, tokenizer):
+    import json
+
+    model = build_reward_model(lm_dir)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    conversation, answer = [{"role": "user", "content": "hi"}], "hello"
+    raw = load_scorer(tmp_path, device="cpu").score([conversation], [answer])
+    (tmp_path / "manifest.json").write_text(json.dumps({"reward_model": {"calibration": {"scale": 2.0, "bias": -1.0}}}))
+    calibrated = load_scorer(tmp_path, device="cpu").score([conversation], [answer])
+    assert torch.allclose(calibrated, 2.0 * raw - 1.0, atol=1e-5)
+    assert torch.allclose(load_scorer(tmp_path, device="cpu", calibrated=False).score([conversation], [answer]), raw)
