@@ -11,6 +11,7 @@ from reward.loss import margins_for, ranking_loss, safety_auxiliary_loss
 from reward.model import (PairLoss, build_reward_model, collate_pairs, encode_pairs, encode_response, merged,
                           pad_right)
 from reward.scorer import RewardScorer, load_scorer
+from stages.finetune import with_lora
 from stages.recipe import LoraSection
 from stages.tiny import build_tiny_model, build_tiny_tokenizer
 
@@ -184,7 +185,7 @@ def test_lora_reward_model_trains_and_saves_merged(tmp_path, lm_dir, tokenizer):
 
     torch.manual_seed(0)
     lora = LoraSection(enabled=True, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
-    model = build_reward_model(lm_dir, lora=lora)
+    model = with_lora(build_reward_model(lm_dir), lora, task_type="SEQ_CLS")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("lora_" in n for n in trainable) and any(".score." in n for n in trainable)
     assert not any("embed_tokens" in n or "mlp" in n for n in trainable)
