@@ -91,7 +91,8 @@ class _Builder:
         names = {f.name: f for f in dataclasses.fields(cls)}
         for key in data:
             if key not in names:
-                self.fail(f"{prefix}{key}", f"unknown key{_hint(str(key), names, hints)}; allowed: {', '.join(names)}")
+                hint = _hint(str(key), names, hints)
+                self.fail(f"{prefix}{key}", f"unknown key{hint}; allowed: {', '.join(names)}")
         values = {}
         for name, f in names.items():
             if name in data:
@@ -251,7 +252,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load(cls: type, path: str | Path, overrides: list[str] | None = None) -> Any:
-    """``cls`` from a YAML file with dotted overrides on top; every section checked (RecipeError on the first problem)."""
+    """``cls`` from a YAML file with dotted overrides on top, every section checked (RecipeError on the first
+    problem)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -179,8 +179,8 @@ def run(recipe: Recipe, registry: Registry, *, force: bool = False, resume: bool
                                          "max_length": section.max_length, "margin": section.margin,
                                          "lora_merged": section.train.lora.enabled}
 
-        versions.append(run_stage(recipe, registry, STAGE_NAMES[kind], body, section=recipe.section(stage("reward").section),
-                                  parents=[parent], data_fingerprints={"train": fingerprint(train_pairs),
-                                                                       **test_fingerprints},
-                                  force=force, resume=resume))
+        fingerprints = {"train": fingerprint(train_pairs), **test_fingerprints}
+        versions.append(run_stage(recipe, registry, STAGE_NAMES[kind], body,
+                                  section=recipe.section(stage("reward").section), parents=[parent],
+                                  data_fingerprints=fingerprints, force=force, resume=resume))
     return versions

@@ -17,3 +17,17 @@ def test_import_contracts_hold():
     result = subprocess.run([lint, str(ROOT / "pyproject.toml")], cwd=ROOT, capture_output=True,
                             text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_module_imports_a_stage_module():
+    """Stages meet only at the registry: shared code lives in a kit, never in a stage module (the CLI loads
+    stage modules by name from the catalogue)."""
+    import grimp
+
+    from stages import catalogue
+
+    graph = grimp.build_graph("stages", "reward", "eval", "data")
+    for entry in catalogue.STAGES:
+        importers = graph.find_modules_that_directly_import(entry.module)
+        assert not importers, (f"{sorted(importers)} import the stage module {entry.module}; move what they share "
+                               f"into a kit (stages/finetune.py, stages/rollouts.py) or a library")

@@ -36,7 +36,7 @@ def test_unknown_key_names_line_and_suggests(tmp_path):
 
 
 def test_a_training_knob_outside_train_points_to_it(tmp_path):
-    with pytest.raises(RecipeError, match=r"line 3: key 'reward.epochs': unknown key \(did you mean 'train.epochs'\?\)"):
+    with pytest.raises(RecipeError, match=r"line 3: key 'reward.epochs': unknown key \(did you mean 'train.epochs'"):
         load_recipe(write(tmp_path, "name: x\nreward:\n  epochs: 1\n"))
 
 
@@ -44,7 +44,8 @@ def test_a_training_knob_outside_train_points_to_it(tmp_path):
     ("sft:\n  train:\n    epochs: two\n", "sft.train.epochs", "expected a number"),
     ("sft:\n  train:\n    batch_size: 1.5\n", "sft.train.batch_size", "expected an integer"),
     ("sft:\n  train:\n    packing: 1\n", "sft.train.packing", "expected true or false"),
-    ("sft:\n  train:\n    optim: {schedule: step}\n", "sft.train.optim.schedule", "one of 'cosine', 'constant', 'linear'"),
+    ("sft:\n  train:\n    optim: {schedule: step}\n", "sft.train.optim.schedule",
+     "one of 'cosine', 'constant', 'linear'"),
     ("sft:\n  train:\n    optim: {lr: -1}\n", "sft.train.optim.lr", "must be >= 0"),
     ("sft:\n  train:\n    lora: {dropout: 2}\n", "sft.train.lora.dropout", "must be <= 1"),
     ("model:\n  source: s3\n", "model.source", "one of"),
@@ -60,7 +61,8 @@ def test_a_training_knob_outside_train_points_to_it(tmp_path):
      "must divide hidden_size (64)"),
     ("model: {source: tiny, tiny: {hidden_size: 24, heads: 8, kv_heads: 1}}\n", "model.tiny.hidden_size",
      "must be even"),
-    ("sft: {train: {batch_size: 10, micro_batch_size: 4}}\n", "sft.train.batch_size", "multiple of micro_batch_size (4)"),
+    ("sft: {train: {batch_size: 10, micro_batch_size: 4}}\n", "sft.train.batch_size",
+     "multiple of micro_batch_size (4)"),
     ("name: ../escaped\n", "name", "plain directory name"),
     ("name: .hidden\n", "name", "plain directory name"),
     ("name: a/b\n", "name", "plain directory name"),
@@ -159,7 +161,8 @@ def test_override_list_items(tmp_path):
 def test_duplicate_keys_and_empty_recipes_are_refused(tmp_path):
     with pytest.raises(RecipeError, match=r"line 4: not valid YAML: key 'epochs' appears twice .*first on line 3"):
         load_recipe(write(tmp_path, "name: x\nsft:\n  epochs: 1\n  epochs: 2\n"))
-    merged = "name: x\nsft:\n  train: &b {epochs: 1}\nreward:\n  train:\n    <<: *b\n    epochs: 3\n"  # << may be overridden
+    # what << merges may be overridden
+    merged = "name: x\nsft:\n  train: &b {epochs: 1}\nreward:\n  train:\n    <<: *b\n    epochs: 3\n"
     assert load_recipe(write(tmp_path, merged)).reward.train.epochs == 3.0
     with pytest.raises(RecipeError, match="the recipe is empty"):
         load_recipe(write(tmp_path, "# nothing here\n"))

@@ -164,8 +164,8 @@ def test_broken_lineage_exits_non_zero_and_its_orphans_are_refused_as_parents(tm
     assert code == 2 and "!! sft/v1 names parent base/v1" in out
     assert "broken lineage of sft@latest" in one_error_line(err)
     with pytest.raises(RegistryError, match="cannot use sft/v1 as a parent: its lineage is broken"):
-        run_stage(recipe, registry, "rm-helpful", write_file(Path("model.safetensors")), section=recipe.section("reward"),
-                  parents=[sft], data_fingerprints={})
+        run_stage(recipe, registry, "rm-helpful", write_file(Path("model.safetensors")),
+                  section=recipe.section("reward"), parents=[sft], data_fingerprints={})
     assert registry.latest("rm-helpful") is None
 
 
@@ -239,7 +239,8 @@ def test_a_lock_names_its_holder_and_is_gone_after_release(tmp_path):
 
 def sft_process(runs: Path, *args: str) -> subprocess.Popen:
     # 32 unpacked steps, a checkpoint after each: far longer than the second run needs to start
-    sets = [x for o in [f"runs_dir={runs}", "sft.train.packing=false", "sft.train.checkpoint_every=1", "sft.train.eval_every=32"]
+    sets = [x for o in [f"runs_dir={runs}", "sft.train.packing=false", "sft.train.checkpoint_every=1",
+                        "sft.train.eval_every=32"]
             for x in ("--set", o)]
     return subprocess.Popen([sys.executable, "-m", "stages", "stage", "sft", *args, "--recipe", TINY, *sets],
                             cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
@@ -431,7 +432,8 @@ def files(tmp_path):
 
 
 @pytest.mark.parametrize("args, overrides, expected", [
-    (["recipe", "validate"], ["sft.train.optim={lr: [}"], "override 'sft.train.optim={lr: [}': the value is not valid YAML"),
+    (["recipe", "validate"], ["sft.train.optim={lr: [}"],
+     "override 'sft.train.optim={lr: [}': the value is not valid YAML"),
     (["pipeline", "--until", "bogus"], [], "--until: unknown stage 'bogus': expected one of base, sft"),
     (["stage", "sft"], ["sft.data=[{source: FILES/bad.json}]"], "bad.json, line 1: expected UTF-8 text"),
     (["stage", "sft"], ["sft.data=[{source: FILES/bad.csv}]"], "bad.csv, line 3: expected UTF-8 text"),

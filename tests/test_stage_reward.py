@@ -119,7 +119,8 @@ def test_stage_2_end_to_end_on_the_tiny_recipe(tmp_path, monkeypatch):
         pairs("flipped", 3, chosen_safe=False, rejected_safe=True) if key == "reward.safety.other_data"
         else load_preferences(sources, seed, key, kind, **options)))
     recipe = load_recipe(RECIPE, overrides=[
-        f"runs_dir={tmp_path / 'runs'}", "sft.train.max_steps=2", "sft.heldout=[{source: builtin, n: 8, split: heldout}]",
+        f"runs_dir={tmp_path / 'runs'}", "sft.train.max_steps=2",
+        "sft.heldout=[{source: builtin, n: 8, split: heldout}]",
         "reward.safety_aux_loss=true"])
     registry = open_registry(recipe)
     base.run(recipe, registry)
