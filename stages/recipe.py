@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from data.converters import DataFormat
 from stages import config
-from stages.config import Problems, RecipeError, knob, to_dict
+from stages.config import Problems, RecipeError, knob, to_dict  # noqa: F401  (RecipeError: what loading raises)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -105,11 +105,11 @@ def best_of_round(prompts: list[Conversation], answers: list[list[Answer]], scor
     best: dict[int, Candidate] = {}
     for prompt, prompt_answers, prompt_scores in zip(prompts, answers, scores):
         key = prompt_key(prompt.messages)
-        for index, (answer, s) in enumerate(zip(prompt_answers, prompt_scores)):
-            if not answer.text.strip() or answer.truncated:
+        for index, (sampled, s) in enumerate(zip(prompt_answers, prompt_scores)):
+            if not sampled.text.strip() or sampled.truncated:
                 continue
             if key not in best or s.selection_key() > best[key].selection_key():
-                best[key] = Candidate(key, list(prompt.messages), answer.text, s.reward, s.helpful, s.safety,
+                best[key] = Candidate(key, list(prompt.messages), sampled.text, s.reward, s.helpful, s.safety,
                                       round_index, index, s.unsafe)
     return best
 

@@ -25,7 +25,7 @@ from data.records import DataError
 from stages import registry as registry_module
 from stages.cli import build_parser, main
 from stages.common import StageError, open_registry, run_stage
-from stages.recipe import RecipeError, describe, load_recipe
+from stages.recipe import describe, load_recipe
 from stages.registry import IntegrityError, Registry, RegistryError, WorkdirBusy, WorkdirLock
 
 ROOT = Path(__file__).resolve().parent.parent
