@@ -106,8 +106,9 @@ def warm_up(args, tokenizer, train, test) -> dict:
 
 def run_chatalign(args, tokenizer, train, test) -> dict:
     from reward.model import PairLoss, collate_pairs, encode_pairs
+    from stages.engine import TrainSettings
     from stages.recipe import OptimSection
-    from stages.trainer import Trainer, TrainSettings, step_examples
+    from stages.trainer import Trainer, step_examples
 
     model = fresh_reward_model(args)
     examples, _ = encode_pairs(tokenizer, train, "model", args.max_length)

@@ -26,14 +26,15 @@ def load(model_path: str):
 
 def run_chatalign(args, conversations) -> dict:
     from data.packing import collate
-    from stages.recipe import OptimSection, SFTSection
-    from stages.sft import prepare_examples
-    from stages.trainer import Trainer, TrainSettings, step_examples
+    from stages.engine import TrainSettings
+    from stages.finetune import prepare_examples
+    from stages.recipe import FineTuneSection, OptimSection
+    from stages.trainer import Trainer, step_examples
 
     model, tok = load(args.model)
-    section = SFTSection(batch_size=args.batch, micro_batch_size=args.batch, seq_len=args.seq_len, packing=True,
-                         max_steps=args.steps, epochs=100, precision=args.precision,
-                         optim=OptimSection(lr=2e-5), checkpoint_every=10**9, eval_every=10**9)
+    section = FineTuneSection(batch_size=args.batch, micro_batch_size=args.batch, seq_len=args.seq_len, packing=True,
+                              max_steps=args.steps, epochs=100, precision=args.precision, train_on="all_assistant",
+                              optim=OptimSection(lr=2e-5), checkpoint_every=10**9, eval_every=10**9)
     examples, _ = prepare_examples(conversations, tok, section, "model", seed=0)
     settings = TrainSettings.from_section(section, seed=0)
     with tempfile.TemporaryDirectory() as workdir:

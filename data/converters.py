@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from data.records import RATINGS, Conversation, DataError, Preference, validate_messages
 
@@ -398,6 +398,10 @@ PREFERENCE_FORMATS: dict[str, Callable[[Row, str, int | None], Preference | None
     "ultrafeedback_keep_ties": partial(ultrafeedback_to_preference, keep_ties=True),
     "pairwise_label": pairwise_label_to_preference,
 }
+# The names a recipe's `format:` accepts: "auto" and every format above (tests keep the lists equal).
+DataFormat = Literal["auto", "messages", "prompt_completion", "prompt", "hh", "preference", "prompt_chosen_rejected",
+                     "implicit_prompt", "pandalm", "pandalm_keep_ties", "pku_helpful", "pku_safety",
+                     "ultrafeedback", "ultrafeedback_keep_ties", "pairwise_label", "goal"]
 
 
 def _candidates(row: Row) -> list[str]:

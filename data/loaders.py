@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from data.converters import to_conversation, to_preference
-from data.records import Conversation, DataError, Preference
+from data.records import Conversation, DataError, Preference, canonical_json
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet", ".csv")
 # CSV cells are text; these columns hold JSON (message lists, meta) when they start with '[' or '{'.
@@ -238,11 +238,15 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
     return count
 
 
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows written by write_jsonl (plain JSON Lines, the pipeline's own files; a blank line is skipped)."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def fingerprint_records(records: Iterable[Any]) -> str:
     """sha256 hex of the records' canonical JSON, in order (order changes training, so it changes the hash)."""
     digest = hashlib.sha256()
     for record in records:
-        canonical = json.dumps(_as_dict(record), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        digest.update(canonical.encode("utf-8"))
+        digest.update(canonical_json(_as_dict(record)).encode("utf-8"))
         digest.update(b"\n")
     return digest.hexdigest()

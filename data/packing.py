@@ -55,7 +55,10 @@ def _concat(examples: Sequence[Example]) -> Example:
         # last token, so it is never a target (alone it is never one either: nothing precedes it).
         labels += [IGNORE_INDEX] + list(example["labels"][1:])
         position_ids += list(range(len(example["input_ids"])))
-    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    pack = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    if all("units" in example for example in examples):  # the loss units of a pack are its examples'
+        pack["units"] = sum(example["units"] for example in examples)
+    return pack
 
 
 def pack_examples(examples: Sequence[Example], seq_len: int, shuffle_seed: int | None = None) -> list[Example]:

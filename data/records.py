@@ -5,8 +5,12 @@ go straight into a tokenizer's chat template.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 ROLES = ("system", "user", "assistant")
 # The paper's four preference levels (Table 27), strongest first.
@@ -80,3 +84,32 @@ def validate_messages(messages: Any, source: str, line: int | None, field_name: 
     if last_role and messages[-1]["role"] != last_role:
         raise DataError(source, line, field_name, f"expected the last message to be from '{last_role}'")
     return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def json_default(value: Any) -> Any:
+    """What JSON has no type for: paths as POSIX strings, dataclasses as dicts, sets sorted."""
+    if isinstance(value, Path):
+        return value.as_posix()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"cannot record {type(value).__name__} {value!r} in a manifest: "
+                    f"use JSON types (dict, list, str, number, bool, None)")
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace, so equal values hash equally (data fingerprints, prompt keys,
+    the registry's inputs fingerprints)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=json_default)
+
+
+def prompt_digest(messages: Sequence[dict[str, str]], salt: str = "") -> bytes:
+    """sha256 of a prompt's messages as canonical JSON, after ``salt``: what a prompt's train/test part,
+    its key and its random streams are derived from."""
+    return hashlib.sha256((salt + canonical_json(list(messages))).encode("utf-8")).digest()
+
+
+def prompt_key(messages: Sequence[dict[str, str]]) -> int:
+    """A 63-bit key of a prompt's messages: names its random streams and its place in a pool of answers."""
+    return int.from_bytes(prompt_digest(messages)[:8], "big") >> 1

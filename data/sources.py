@@ -9,14 +9,12 @@ part, in source order. So a recipe can train on ``{part: train, n: 240}`` and te
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
-from data.records import Conversation, Preference
-from stages.recipe import DataSource, RecipeError
+from data import builtin, loaders
+from data.records import Conversation, DataError, Preference, prompt_digest
 
 log = logging.getLogger("chatalign.data")
 
@@ -24,6 +22,23 @@ Record = TypeVar("Record", Conversation, Preference)
 # Built-in data is generated, not read: with a part, the pool grows until the part holds n records.
 BUILTIN_DEFAULT_N = 1000
 _BUILTIN_MAX_DOUBLINGS = 6
+
+
+class DataSource(Protocol):
+    """One input of a stage's data mixture, as a recipe gives it (the recipe schema documents each field)."""
+
+    source: str               # "builtin", a local file, or "hub:<dataset id>"
+    n: int | None             # records to take (builtin: to generate) after the split; None = all
+    split: str                # builtin train/heldout/test, or the hub split
+    format: str               # a row format of data/converters.py, or "auto"
+    part: str                 # "all", or the "train"/"test" part of a seeded split by prompt
+    test_fraction: float      # share of prompts in the test part
+    is_safety: bool | None    # tag every record as a safety prompt (or not); None = as the data says
+
+
+def _fail(key: str, message: str) -> DataError:
+    """The error of a data source the recipe names: the recipe key, then what is wrong and what to do."""
+    return DataError(key, None, None, message)
 
 
 def _location(src: DataSource) -> tuple[str, str | None]:
@@ -49,8 +64,7 @@ def prompt_messages(record: Conversation | Preference) -> list[dict[str, str]]:
 
 def prompt_hash(record: Conversation | Preference, seed: int) -> float:
     """A number in [0, 1) that depends only on the seed and the record's prompt messages."""
-    text = json.dumps(prompt_messages(record), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    digest = hashlib.sha256(f"chatalign-part:{seed}:{text}".encode("utf-8")).digest()
+    digest = prompt_digest(prompt_messages(record), salt=f"chatalign-part:{seed}:")
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64
 
 
@@ -73,9 +87,9 @@ def _take_part(records: list[Record], src: DataSource, seed: int, key: str) -> l
     """Split, then the first ``n`` of the part; an empty part is an error naming the recipe key."""
     kept = split_part(records, src.part, src.test_fraction, seed)
     if not kept and records:
-        raise RecipeError(f"{key}: part '{src.part}' of '{src.source}' is empty (test_fraction "
-                          f"{src.test_fraction} of {len(records)} records); choose a test_fraction that leaves "
-                          f"prompts on both sides")
+        raise _fail(key, f"part '{src.part}' of '{src.source}' is empty (test_fraction "
+                         f"{src.test_fraction} of {len(records)} records); choose a test_fraction that leaves "
+                         f"prompts on both sides")
     log.info("%s: part '%s' of '%s': %d of %d records (test_fraction %s)%s", key, src.part, src.source,
              len(kept), len(records), src.test_fraction, f", first {src.n} taken" if src.n else "")
     return kept[:src.n] if src.n is not None else kept
@@ -87,7 +101,7 @@ def _builtin_part(generate: Callable[[int], list[Record]], src: DataSource, seed
         return generate(src.n or BUILTIN_DEFAULT_N)
     share = _part_share(src)
     if share <= 0:
-        raise RecipeError(f"{key}: part '{src.part}' with test_fraction {src.test_fraction} is always empty")
+        raise _fail(key, f"part '{src.part}' with test_fraction {src.test_fraction} is always empty")
     if src.n is None:
         return _take_part(generate(BUILTIN_DEFAULT_N), src, seed, key)
     size = math.ceil(src.n / share * 1.1) + 8  # a little over the expected need, so one pool usually does
@@ -97,8 +111,8 @@ def _builtin_part(generate: Callable[[int], list[Record]], src: DataSource, seed
         if len(kept) >= src.n:
             return kept[:src.n]
         size *= 2
-    raise RecipeError(f"{key}: the built-in data gives only {len(kept)} records in part '{src.part}' from a pool "
-                      f"of {size // 2}; ask for fewer (n) or a larger share (test_fraction)")
+    raise _fail(key, f"the built-in data gives only {len(kept)} records in part '{src.part}' from a pool "
+                     f"of {size // 2}; ask for fewer (n) or a larger share (test_fraction)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,10 +127,10 @@ def _load_file(loader: Callable[..., list[Record]], src: DataSource, seed: int, 
     try:
         records = loader(path, split=split, format=src.format, limit=limit)
     except FileNotFoundError as err:
-        raise RecipeError(f"{key}.source: no such file '{src.source}'") from err
+        raise _fail(f"{key}.source", f"no such file '{src.source}'") from err
     if not records:
-        raise RecipeError(f"{key}.source: '{src.source}' gave no records (an empty file, or every row left out by the "
-                          f"rules of format '{src.format}', docs/DATA.md); expected at least one")
+        raise _fail(f"{key}.source", f"'{src.source}' gave no records (an empty file, or every row left out by the "
+                                     f"rules of format '{src.format}', docs/DATA.md); expected at least one")
     records = records if src.part == "all" else _take_part(records, src, seed, key)
     if src.is_safety is not None:  # the recipe tags a whole file (e.g. adversarial prompts) for the safety gate
         for record in records:
@@ -126,13 +140,9 @@ def _load_file(loader: Callable[..., list[Record]], src: DataSource, seed: int, 
 
 def load_conversations(sources: list[DataSource], seed: int, key: str) -> list[Conversation]:
     """Concatenate every source's conversations; ``key`` names the recipe field for errors."""
-    from data import loaders
-
     records: list[Conversation] = []
     for i, src in enumerate(sources):
         if src.source == "builtin":
-            from data import builtin
-
             records.extend(_builtin_part(lambda n, src=src: builtin.build(split=src.split, n=n, seed=seed),
                                          src, seed, f"{key}[{i}]"))
         else:
@@ -148,13 +158,9 @@ def load_preferences(sources: list[DataSource], seed: int, key: str, kind: str =
     ``identical="drop"`` they are left out and counted in ``dropped`` under the source's recipe key,
     with ``"error"`` the first one stops the load.
     """
-    from data import loaders
-
     records: list[Preference] = []
     for i, src in enumerate(sources):
         if src.source == "builtin":
-            from data import builtin
-
             pairs = _builtin_part(
                 lambda n, src=src: builtin.preference_pairs(kind=kind, split=src.split, n=n, seed=seed),
                 src, seed, f"{key}[{i}]")
@@ -179,15 +185,13 @@ def drop_identical(pairs: list[Preference], key: str, source: str, identical: st
         return kept
     if identical == "error":
         first = next(i for i, p in enumerate(pairs) if normalized_text(p.chosen) == normalized_text(p.rejected))
-        raise RecipeError(f"{key}: pair {first + 1} of '{source}' (one of {len(pairs) - len(kept)}) has chosen == "
-                          f"rejected after whitespace normalisation, so it holds no preference; fix the data, or set "
-                          f"reward.identical_pairs: drop to leave such pairs out")
+        raise _fail(key, f"pair {first + 1} of '{source}' (one of {len(pairs) - len(kept)}) has chosen == "
+                         f"rejected after whitespace normalisation, so it holds no preference; fix the data, or set "
+                         f"reward.identical_pairs: drop to leave such pairs out")
     log.warning("%s: dropped %d of %d pairs of '%s' whose chosen equals rejected (after whitespace normalisation)",
                 key, len(pairs) - len(kept), len(pairs), source)
     return kept
 
 
 def fingerprint(records: list[Any]) -> str:
-    from data.loaders import fingerprint_records
-
-    return fingerprint_records(records)
+    return loaders.fingerprint_records(records)

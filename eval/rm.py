@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from data.records import RATINGS, Preference
+from reward.combine import gate_precision_recall
 
 # Table 8's columns, strongest preference first; "avg" is the accuracy over all pairs.
 RATING_LABELS = {"significantly_better": "Significantly Better", "better": "Better",
@@ -79,8 +80,6 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor, ratings: Sequence
             out["unsafe_answers"] = int(unsafe.sum())
         known = [i for i, label in enumerate(labels) if label is not None]
         if known:  # the PPO / rejection-sampling gate: "unsafe" when σ(score) < 0.15 (§3.2.3)
-            from reward.combine import gate_precision_recall
-
             out["gate"] = gate_precision_recall(scores[known], [labels[i] for i in known], SAFETY_GATE)
     return out
 

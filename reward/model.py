@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from data.records import Preference
+from data.runtime import whole_model_init
+from data.templates import render
 from reward.loss import margins_for, ranking_loss, safety_auxiliary_loss
 
 Messages = list[dict[str, str]]
@@ -31,8 +34,6 @@ def reward_model_from_causal_lm(causal_lm: Any, pad_token_id: int | None = None,
     scale the initial scores are close to 0, so the first steps are driven by the ranking signal and
     the margins rather than by a random offset between answers.
     """
-    from transformers import AutoModelForSequenceClassification
-
     config = causal_lm.config.__class__.from_dict(causal_lm.config.to_dict())
     config.num_labels = 1
     config.problem_type = "regression"  # one real-valued score, not a one-class softmax
@@ -42,8 +43,6 @@ def reward_model_from_causal_lm(causal_lm: Any, pad_token_id: int | None = None,
         raise ValueError("the reward model needs config.pad_token_id to find the last real token of a padded "
                          "sequence; import the base model with stage 0, which sets a pad distinct from eos")
     dtype = next(causal_lm.parameters()).dtype
-    from stages.checkpoint import whole_model_init
-
     with whole_model_init():
         model = AutoModelForSequenceClassification.from_config(config, dtype=dtype)
     model.config.architectures = [type(model).__name__]
@@ -92,34 +91,21 @@ def freeze_below_top_layers(model: Any, top_layers: int) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def build_reward_model(causal_lm_path: str | Path, registry: Any = None, lora: Any = None, seed: int = 0,
-                       top_layers: int | None = None) -> Any:
-    """The RM initialized from a chat checkpoint directory (a registry version's path, e.g. sft@latest).
+def build_reward_model(causal_lm: str | Path | Any, pad_token_id: int | None = None, seed: int = 0) -> Any:
+    """The RM initialized from a chat model: a loaded causal LM, or the directory of a full HF checkpoint
+    (loaded whole, its pad token read from the tokenizer saved beside it).
 
-    A LoRA checkpoint is merged into its base first (stages.checkpoint.load_causal_lm). With ``lora``
-    (a recipe LoraSection with enabled=True) the backbone is frozen and gets adapters while the score
-    head trains fully; the stage merges them before saving, so every saved RM is a plain
-    ``*ForSequenceClassification`` checkpoint. With ``top_layers`` only the top blocks, the final norm
-    and the head train (freeze_below_top_layers).
+    A LoRA chat checkpoint is merged into its base by whoever loads it (the pipeline loads registry
+    versions with stages.checkpoint.load_causal_lm and passes the model here). Adapters for training
+    the RM itself are added by the caller too (peft task SEQ_CLS keeps the new score head trainable).
     """
-    from stages.checkpoint import load_causal_lm, load_tokenizer
-
-    causal_lm = load_causal_lm(Path(causal_lm_path), registry)
-    tokenizer = load_tokenizer(Path(causal_lm_path))
-    model = reward_model_from_causal_lm(causal_lm, tokenizer.pad_token_id, seed)
-    del causal_lm
-    if top_layers is not None:
-        if lora is not None and lora.enabled:
-            raise ValueError("reward.top_layers and reward.lora.enabled exclude each other: pick one way to "
-                             "train part of the model")
-        freeze_below_top_layers(model, top_layers)
-    if lora is not None and lora.enabled:
-        from peft import LoraConfig, get_peft_model
-
-        # task SEQ_CLS keeps the new score head fully trainable (peft's modules_to_save)
-        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 target_modules=lora.target_modules, task_type="SEQ_CLS"))
-    return model
+    if isinstance(causal_lm, (str, Path)):
+        path = str(causal_lm)
+        if pad_token_id is None:
+            pad_token_id = AutoTokenizer.from_pretrained(path).pad_token_id
+        with whole_model_init():
+            causal_lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return reward_model_from_causal_lm(causal_lm, pad_token_id, seed)
 
 
 def merged(model: Any) -> Any:
@@ -139,8 +125,6 @@ def encode_response(tokenizer: Any, prompt: Messages, response: str, template: s
     ``apply_chat_template`` feeds the saved RM. Longer than ``max_length``, the oldest tokens are
     dropped: the score is read at the end of the response, which must survive.
     """
-    from data.templates import render
-
     text, _ = render(tokenizer, list(prompt) + [{"role": "assistant", "content": response}], template)
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     truncated = max_length is not None and len(ids) > max_length
@@ -166,14 +150,15 @@ class EncodeStats:
 
 def encode_pairs(tokenizer: Any, pairs: Sequence[Preference], template: str = "model",
                  max_length: int | None = None) -> tuple[list[dict[str, Any]], EncodeStats]:
-    """One Trainer example per pair: both token sequences plus what the loss needs (rating, margin, safety)."""
+    """One Trainer example per pair: both token sequences plus what the loss needs (rating, margin, safety);
+    a pair is one unit of the loss (``units``), which the trainer averages over."""
     examples, stats = [], EncodeStats()
     for pair in pairs:
         chosen_ids, cut_chosen = encode_response(tokenizer, pair.prompt, pair.chosen, template, max_length)
         rejected_ids, cut_rejected = encode_response(tokenizer, pair.prompt, pair.rejected, template, max_length)
         examples.append({"chosen_ids": chosen_ids, "rejected_ids": rejected_ids, "rating": pair.rating,
                          "margin": pair.margin, "chosen_safe": pair.chosen_safe,
-                         "rejected_safe": pair.rejected_safe})
+                         "rejected_safe": pair.rejected_safe, "units": 1})
         stats.pairs += 1
         stats.truncated_pairs += cut_chosen or cut_rejected
         stats.tokens += len(chosen_ids) + len(rejected_ids)

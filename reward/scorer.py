@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from data.records import Preference
+from data.runtime import default_device, progress_bar, whole_model_init
 from reward.calibration import Platt
 from reward.model import encode_response, pad_right
 
@@ -30,11 +32,7 @@ class RewardScorer:
                  batch_size: int = 16, device: str | torch.device | None = None, max_length: int | None = None,
                  calibration: Platt | None = None):
         if isinstance(model_dir_or_model, (str, Path)):
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
             path = str(model_dir_or_model)
-            from stages.checkpoint import whole_model_init
-
             with whole_model_init():
                 model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
@@ -60,8 +58,6 @@ class RewardScorer:
     @torch.no_grad()
     def score_ids(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         """Raw scores of token-id sequences, in input order."""
-        from stages.common import progress_bar
-
         scores = torch.empty(len(sequences), dtype=torch.float32)
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         with progress_bar(len(sequences), "scoring", "answer") as bar:
@@ -101,6 +97,7 @@ def load_scorer(version_path: str | Path, batch_size: int = 16, device: str | to
     if manifest.exists():
         recorded = json.loads(manifest.read_text()).get(MANIFEST_KEY, {}) or {}
     if device is None:
+        device = default_device()
         device = "cuda" if torch.cuda.is_available() else "cpu"
     calibration = recorded.get("calibration") if calibrated else None
     return RewardScorer(path, template=template or recorded.get("template", "model"), batch_size=batch_size,

@@ -13,11 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from data.runtime import is_main_process
+from stages.catalogue import stage
 from stages.checkpoint import DTYPES
 from stages.common import StageRun, run_stage
 from stages.recipe import ModelSection, Recipe, RecipeError
 from stages.registry import Registry, Version
+from stages.rollouts import oracle_eval
+from stages.tiny import build_tiny_model, build_tiny_tokenizer
 
 log = logging.getLogger("chatalign.base")
 
@@ -79,8 +84,6 @@ def load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     transformers refuses save_pretrained on a GGUF-loaded model, so the weights are moved into a
     model built from the same config (without the quantization entry) and that one is saved.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -120,12 +123,8 @@ def fix_special_tokens(model: Any, tokenizer: Any) -> None:
 
 def build_base(section: ModelSection, seed: int = 0) -> tuple[Any, Any]:
     """The base model and tokenizer; ``seed`` draws the weights of the tiny random model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     dtype = DTYPES[section.dtype]
     if section.source == "tiny":
-        from stages.tiny import build_tiny_model, build_tiny_tokenizer
-
         tokenizer = build_tiny_tokenizer()
         t = section.tiny
         model = build_tiny_model(tokenizer, t.hidden_size, t.layers, t.heads, t.kv_heads, t.intermediate_size,
@@ -148,12 +147,10 @@ def build_base(section: ModelSection, seed: int = 0) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def run(recipe: Recipe, registry: Registry, force: bool = False, resume: bool = False) -> Version:
+def run(recipe: Recipe, registry: Registry, *, force: bool = False, resume: bool = False) -> list[Version]:
     section = recipe.model
 
     def body(run: StageRun) -> None:
-        from stages.common import is_main_process
-
         if not is_main_process():
             return
         torch.manual_seed(recipe.seed)
@@ -166,9 +163,9 @@ def run(recipe: Recipe, registry: Registry, force: bool = False, resume: bool = 
                               "path": section.path, "parameters": n_params,
                               "config": json.loads(model.config.to_json_string())}
         if recipe.eval.oracle_prompts:
-            from eval.oracle import oracle_eval
-
             run.metrics.update(oracle_eval(model, tokenizer, recipe, template=section.template))
         log.info("base: %s with %.1fM parameters", type(model).__name__, n_params / 1e6)
 
-    return run_stage(recipe, registry, "base", "model", [], source_fingerprint(section), body, force, resume)
+    entry = stage("base")
+    return [run_stage(recipe, registry, entry.versions[0], body, section=recipe.section(entry.section),
+                      parents=[], data_fingerprints=source_fingerprint(section), force=force, resume=resume)]

@@ -6,38 +6,16 @@ where to --resume.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 
 from data.records import DataError
+from stages import catalogue
+from stages.common import StageError, open_registry, setup_logging
 from stages.recipe import RecipeError, describe, dump_recipe, load_recipe
-from stages.registry import RegistryError
+from stages.registry import IntegrityError, Registry, RegistryError
 
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130  # 130 = 128 + SIGINT, what shells report for Ctrl-C
-
-# Stage name -> module with run(recipe, registry, force, resume). Order is the pipeline's.
-STAGES = {
-    "base": "stages.base",
-    "sft": "stages.sft",
-    "reward": "stages.reward",
-    "rejection_sampling": "stages.rejection_sampling",
-}
-ALIASES = {"0": "base", "1": "sft", "2": "reward", "rm": "reward", "3": "rejection_sampling",
-           "rs": "rejection_sampling", "stage-0": "base", "stage-1": "sft", "stage-2": "reward",
-           "stage-3": "rejection_sampling"}
-
-
-def stage_name(name: str, what: str = "stage") -> str:
-    """A stage's canonical name from its name, number or alias."""
-    canonical = ALIASES.get(name, name)
-    if canonical not in STAGES:
-        raise RecipeError(f"{what}: unknown stage '{name}': expected one of {', '.join(STAGES)} (or its number)")
-    return canonical
-
-
-def stage_module(name: str):
-    return importlib.import_module(STAGES[stage_name(name)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,10 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     def recipe_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--recipe", "-r", default="recipes/smollm2-135m.yaml", help="recipe YAML")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="dotted override, e.g. --set sft.optim.lr=1e-5 (repeatable)")
+                       help="dotted override, e.g. --set sft.train.optim.lr=1e-5 (repeatable)")
 
     p = sub.add_parser("stage", help="run one stage")
-    p.add_argument("name", help=f"one of {', '.join(STAGES)} (or 0, 1, …)")
+    p.add_argument("name", help=f"one of {', '.join(s.name for s in catalogue.STAGES)} (or 0, 1, …)")
     recipe_args(p)
     p.add_argument("--force", action="store_true", help="run even if an identical version exists")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
@@ -96,8 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stages.common import StageError, setup_logging
-
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
@@ -116,8 +92,6 @@ def one_line(message: str) -> str:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from stages.common import open_registry
-
     if args.command == "recipe" and args.action == "docs":
         print("\n".join(describe()))
         return 0
@@ -137,7 +111,7 @@ def run_command(args: argparse.Namespace) -> int:
             raise RegistryError(f"broken lineage of {args.ref}: {problems[0]}{more}")
         return 0
     if args.command == "eval":
-        from stages.evaluation import evaluate_real
+        from stages.evaluation import evaluate_real  # loads models: only for this command
 
         evaluate_real(recipe, registry, args.real_data, args.refs, args.limit, args.max_new_tokens, out=args.out,
                       rms=args.rms)
@@ -149,26 +123,19 @@ def run_command(args: argparse.Namespace) -> int:
         print("\n".join(report) if report else f"{registry.root}: nothing to remove")
         return 0
     if args.command == "stage":
-        result = stage_module(args.name).run(recipe, registry, force=args.force, resume=args.resume)
-        for version in result if isinstance(result, list) else [result]:
+        for version in catalogue.stage(args.name).load().run(recipe, registry, force=args.force, resume=args.resume):
             print(json.dumps({"version": version.ref, "path": str(version.path)}))
         return 0
     if args.command == "pipeline":
-        names = list(STAGES)
-        if args.until:
-            names = names[:names.index(stage_name(args.until, "--until")) + 1]
-        for name in names:
-            result = stage_module(name).run(recipe, registry, force=args.force, resume=args.resume)
-            for version in result if isinstance(result, list) else [result]:
-                print(json.dumps({"stage": name, "version": version.ref, "path": str(version.path)}))
+        for entry in catalogue.until(args.until):
+            for version in entry.load().run(recipe, registry, force=args.force, resume=args.resume):
+                print(json.dumps({"stage": entry.name, "version": version.ref, "path": str(version.path)}))
         return 0
     return 1
 
 
-def verify(registry, refs: list[str]) -> int:
+def verify(registry: Registry, refs: list[str]) -> int:
     """Re-hash every file of the named versions and their ancestors (default: every version)."""
-    from stages.registry import IntegrityError
-
     if refs:
         versions = {v.id: v for ref in refs for v in registry.lineage(ref)}.values()
     else:

@@ -1,16 +1,17 @@
-"""What every stage shares: the registry of a recipe, reuse of unchanged work, the accelerator, logging."""
+"""What every stage shares: the registry of a recipe, reuse of unchanged work, one-line errors, logging."""
 from __future__ import annotations
 
 import logging
-import os
-import sys
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from data.runtime import barrier, is_main_process
 from stages.recipe import Recipe
 from stages.registry import Registry, Version
+from stages.tracking import log_artifact, start_wandb
 
 log = logging.getLogger("chatalign")
 
@@ -25,15 +26,6 @@ def open_registry(recipe: Recipe) -> Registry:
     return Registry(Path(recipe.runs_dir) / recipe.name)
 
 
-def process_info() -> tuple[int, int]:
-    """(rank, world size) under torchrun / accelerate launch, (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def is_main_process() -> bool:
-    return process_info()[0] == 0
-
-
 class StageError(RuntimeError):
     """A stage stopped on a problem the user can act on (e.g. training diverged): one line, exit code 2."""
 
@@ -45,22 +37,6 @@ class StageInterrupted(KeyboardInterrupt):
         super().__init__(f"{stage} interrupted; its unfinished work is kept in {workdir}: run the same command "
                          f"with --resume to continue from its last checkpoint")
         self.stage, self.workdir = stage, workdir
-
-
-def progress_bar(total: int, desc: str, unit: str):
-    """A tqdm bar (done, rate, ETA) on an interactive terminal of the main process; otherwise a bar
-    that draws nothing, so logs and the other processes' output stay clean."""
-    from tqdm.auto import tqdm
-
-    quiet = not is_main_process() or not sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, dynamic_ncols=True, leave=False)
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 @dataclass
@@ -84,21 +60,21 @@ class StageRun:
             self.wandb_run.log(values, step=step)
 
 
-def run_stage(recipe: Recipe, registry: Registry, stage: str, section_name: str, parents: list[Version],
-              data_fingerprints: dict[str, str], body: Callable[[StageRun], None], force: bool = False,
-              resume: bool = False, section: dict[str, Any] | None = None) -> Version:
+def run_stage(recipe: Recipe, registry: Registry, stage: str, body: Callable[[StageRun], None], *,
+              section: dict[str, Any], parents: list[Version], data_fingerprints: dict[str, str],
+              force: bool = False, resume: bool = False) -> Version:
     """Run ``body`` unless an identical run exists; commit its workdir as the stage's next version.
 
-    A stage's inputs are its parents' content hashes, its recipe section, its data fingerprints and
-    the seed; when they match a finished version, that version is reused (``force`` re-runs).
-    ``section`` replaces the recipe section as recorded and hashed (a stage that commits several
-    versions from one section, such as the rounds of rejection sampling, records each one's share).
+    ``stage`` is the registry name of the version (e.g. ``rm-helpful``), ``section`` the recipe section
+    as recorded and hashed (``recipe.section(name)``; a stage that commits several versions from one
+    section, such as the rounds of rejection sampling, records each one's share). A stage's inputs are
+    its parents' content hashes, its section, its data fingerprints and the seed; when they match a
+    finished version, that version is reused (``force`` re-runs).
     Every parent is checked first (unbroken lineage, files as their manifests record). The main
     process holds the work directory's lock from before it discards or resumes anything until the
     version is in place, so a second run of the same stage is refused rather than deleting live work;
     Ctrl-C raises StageInterrupted, which names the work directory to --resume.
     """
-    section = recipe.section(section_name) if section is None else section
     for parent in parents:  # a broken chain or changed bytes must stop the stage before it reuses or trains
         registry.check_parent(parent)
     fingerprint = registry.inputs_fingerprint(parents, section, data_fingerprints, recipe.seed)
@@ -115,8 +91,6 @@ def run_stage(recipe: Recipe, registry: Registry, stage: str, section_name: str,
     try:
         if workdir.exists() and any(workdir.iterdir()) and not resume and is_main_process():
             log.info("%s: discarding unfinished work in %s (pass --resume to continue it)", stage, workdir.name)
-            import shutil
-
             shutil.rmtree(workdir)
         barrier()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -134,8 +108,6 @@ def run_stage(recipe: Recipe, registry: Registry, stage: str, section_name: str,
                                       extra=run.extra)
             log.info("%s: wrote %s (%s)", stage, version.ref, version.path)
             if run.wandb_run is not None:
-                from stages.registry import log_artifact
-
                 log_artifact(version, run.wandb_run)
     except KeyboardInterrupt as interrupt:
         if isinstance(interrupt, StageInterrupted):
@@ -148,11 +120,3 @@ def run_stage(recipe: Recipe, registry: Registry, stage: str, section_name: str,
             lock.release()
     barrier()
     return version if version is not None else registry.latest(stage)
-
-
-def start_wandb(recipe: Recipe, stage: str, section: dict[str, Any]) -> Any:
-    import wandb
-
-    return wandb.init(project=recipe.wandb.project, entity=recipe.wandb.entity, mode=recipe.wandb.mode,
-                      job_type=stage, name=f"{recipe.name}-{stage}", config={"recipe": recipe.name, stage: section},
-                      reinit="finish_previous")

@@ -12,12 +12,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from data.builtin.oracle import is_refusal
+from data.runtime import default_device
+from eval.real_data import evaluate_policy, format_table, load_pair_set, load_prompt_set, rm_report, shared_sets
+from reward.scorer import load_scorer
+from stages.checkpoint import load_causal_lm, load_tokenizer
+from stages.generation import answer
 from stages.recipe import Recipe, RecipeError
 from stages.registry import Registry, RegistryError
 
 log = logging.getLogger("chatalign.eval")
 
-POLICY_STAGES = ("base", "sft", "rs")
+POLICY_STAGES = ("base", "sft", "rs")  # registry stages that hold policies
 
 
 def default_refs(registry: Registry) -> list[str]:
@@ -32,21 +38,13 @@ def default_refs(registry: Registry) -> list[str]:
 def evaluate_real(recipe: Recipe, registry: Registry, root: str, refs: list[str] | None = None,
                   limit: int | None = None, max_new_tokens: int | None = None, batch_size: int | None = None,
                   out: str | None = None, rms: bool = True) -> dict[str, Any]:
-    import torch
-
-    from data.builtin.oracle import is_refusal
-    from eval.oracle import answer
-    from eval.real_data import evaluate_policy, format_table, load_pair_set, load_prompt_set, rm_report, shared_sets
-    from reward.scorer import load_scorer
-    from stages.checkpoint import load_causal_lm, load_tokenizer
-
     prompt_specs, pair_specs = shared_sets(root)
     if not prompt_specs and not pair_specs:
         raise RecipeError(f"eval --real-data {root}: none of the known sets is there (advbench/, xstest/, llmbar/, "
                           "pandalm-testset/, hh-rlhf-harmless/ in their published layouts)")
     for spec in prompt_specs + pair_specs:
         spec.limit = limit
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     prompt_sets = {s.name: (s, load_prompt_set(s, recipe.seed)) for s in prompt_specs}
     pair_sets = {s.name: (s, load_pair_set(s, recipe.seed)) for s in pair_specs}
     rm_versions: dict[str, Any] = {}

@@ -1,4 +1,5 @@
-"""Batched sampling engine for stages 3-6 and eval: K samples per prompt from any HF causal LM (vLLM optional).
+"""Batched sampling engine for stages 3-6 and eval: K samples per prompt from any HF causal LM (vLLM optional),
+and answering prompts given as conversations (``answer``).
 
 The HF engine prefills each prompt once and shares its KV cache among its K samples, batches prompts
 of similar length, drops finished rows as they end, and draws every sample from its own counter-based
@@ -12,6 +13,11 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
+from transformers import DynamicCache
+
+from data.records import Conversation
+from data.runtime import progress_bar
+from data.templates import render_prompt
 
 # End-of-turn markers of common chat formats; each is a stop token when the tokenizer has it.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>")
@@ -164,8 +170,6 @@ def _prompt_groups(prompts: Sequence[Sequence[int]], prompts_per_group: int) -> 
 
 def _prefill(model, prompts: list[Sequence[int]], pad_id: int, device, last_only: bool):
     """Encode left-padded prompts once; returns (cache, last logits, attention mask, next positions)."""
-    from transformers import DynamicCache
-
     width = max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -250,9 +254,6 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], cfg: SamplingCo
     last_only = _accepts_logits_to_keep(model)
     K = cfg.num_samples
     results: list[list[Completion | None]] = [[None] * K for _ in prompts]
-
-    from stages.common import progress_bar
-
     was_training = model.training
     model.eval()
     bar = progress_bar(len(prompts) * K, "sampling", "sample")
@@ -284,6 +285,15 @@ def generate(model, tokenizer, prompts: Sequence[Sequence[int]], cfg: SamplingCo
         bar.close()
         model.train(was_training)
     return results
+
+
+def answer(model, tokenizer, prompts: list[Conversation], template: str, max_new_tokens: int, batch_size: int,
+           temperature: float = 0.0, seed: int = 0) -> list[str]:
+    """One answer per prompt conversation, rendered with the recipe's chat template (greedy by default)."""
+    ids = [render_prompt(tokenizer, p.messages, template).input_ids for p in prompts]
+    cfg = SamplingConfig(num_samples=1, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                         batch_size=batch_size)
+    return [samples[0].text for samples in generate(model, tokenizer, ids, cfg)]
 
 
 class HFEngine:

@@ -1,38 +1,22 @@
-"""Typed recipe schema: one YAML file = one whole pipeline, a section per stage.
+"""The recipe schema: one YAML file = one whole pipeline, a section per stage.
 
 Every field has a default (the paper's where it gives one), a one-line doc and a unit. Loading
-validates before any work starts: unknown keys, wrong types and impossible values fail with the
-file, line and key, and what is allowed. Dotted overrides (``sft.optim.lr=1e-5``) apply on top.
+(stages/config.py) validates before any work starts: unknown keys, wrong types and impossible values
+fail with the file, line and key, and what is allowed; each section checks what its fields cannot
+say alone (``check``). Dotted overrides (``sft.train.optim.lr=1e-5``) apply on top. Every stage that
+trains has a ``train:`` section of the same shape (TrainSection, or FineTuneSection for SFT-like
+stages), with the stage's own defaults.
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
-import difflib
-import hashlib
-import json
-import math
 import re
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot run: names the file, line and key, and what is expected."""
-
-
-def knob(default: Any = dataclasses.MISSING, doc: str = "", unit: str = "", min: float | None = None,
-         max: float | None = None, factory: Any = None, above: float | None = None) -> Any:
-    """A recipe field with its documentation and bounds kept next to the default (``above``: strictly greater)."""
-    meta = {"doc": doc, "unit": unit, "min": min, "max": max, "above": above}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+from data.converters import DataFormat
+from stages import config
+from stages.config import Problems, RecipeError, knob, to_dict  # noqa: F401  (RecipeError: what loading raises)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,11 +48,19 @@ class ModelSection:
         "model", "chat format: the tokenizer's own chat template, or Llama 2's [INST] <<SYS>> format")
     tiny: TinyModel = knob(factory=TinyModel, doc="sizes of the tiny random model (source: tiny)")
 
-
-# Row formats the converters in data/converters.py know (tests keep the two lists equal).
-DataFormat = Literal["auto", "messages", "prompt_completion", "prompt", "hh", "preference", "prompt_chosen_rejected",
-                     "implicit_prompt", "pandalm", "pandalm_keep_ties", "pku_helpful", "pku_safety",
-                     "ultrafeedback", "ultrafeedback_keep_ties", "pairwise_label", "goal"]
+    def check(self) -> Problems:
+        """A tiny model shape that can exist (only checked when it is the source)."""
+        tiny = self.tiny
+        if self.source != "tiny":
+            return
+        if tiny.heads % tiny.kv_heads:
+            yield "tiny.kv_heads", (f"must divide heads ({tiny.heads}), got {tiny.kv_heads}: each key/value head "
+                                    f"serves an equal group of query heads")
+        elif tiny.hidden_size % tiny.heads:
+            yield "tiny.heads", f"must divide hidden_size ({tiny.hidden_size}), got {tiny.heads}"
+        elif (tiny.hidden_size // tiny.heads) % 2:
+            yield "tiny.hidden_size", (f"hidden_size / heads (the head size, {tiny.hidden_size // tiny.heads}) "
+                                       f"must be even for rotary position embeddings")
 
 
 @dataclass
@@ -80,7 +72,7 @@ class DataSource:
     n: int | None = knob(None, "examples to take (builtin: to generate), after a train/test split; null = all",
                          min=1)
     split: str = knob("train", "split: builtin train/heldout/test, or the hub split")
-    format: DataFormat = knob("auto", "row format (see docs/DATA.md); auto detects it from the keys")
+    format: DataFormat = knob("auto", "row format (data/converters.py, docs/DATA.md); auto detects it from the keys")
     part: Literal["all", "train", "test"] = knob(
         "all", "split one file by a seeded hash of each record's prompt: its train or its test part")
     test_fraction: float = knob(0.2, "share of prompts in the test part (with part: train/test)",
@@ -117,47 +109,60 @@ class OptimSection:
 
 
 @dataclass
-class FineTuneSection:
-    """How a stage after SFT fine-tunes on its own targets, "similar to SFT" (§3.2.3): SFT's knobs without its data."""
+class TrainSection:
+    """How a stage trains: the knobs of the trainer engine (stages/engine.py), shared by every stage that trains."""
 
-    epochs: float = knob(1.0, "passes over the targets (SFT uses 2; here 1, because with start_from: previous "
-                              "the pooled targets of earlier rounds are trained on again every round)", "epochs",
-                         above=0.0)
+    epochs: float = knob(1.0, "passes over the training data", "epochs", above=0.0)
     max_steps: int | None = knob(None, "stop after this many optimizer steps (caps epochs)", "steps", min=1)
-    batch_size: int = knob(64, "sequences per optimizer step (all processes, all accumulation)", "sequences", min=1)
-    micro_batch_size: int = knob(4, "sequences per forward pass on one process", "sequences", min=1)
-    seq_len: int = knob(4096, "packed sequence length", "tokens", min=8)
-    packing: bool = knob(True, "concatenate examples into full sequences (attention kept per example)")
-    train_on: Literal["all_assistant", "last_assistant"] = knob(
-        "last_assistant", "which assistant turns carry loss: the new answer only (earlier turns of a multi-turn "
-                          "prompt were not sampled by the model)")
-    optim: OptimSection = knob(factory=OptimSection, doc="optimizer and schedule (SFT's: lr 2e-5, cosine)")
+    batch_size: int = knob(64, "examples per optimizer step, all processes and accumulation together (sequences, "
+                               "or preference pairs for a reward model)", "examples", min=1)
+    micro_batch_size: int = knob(4, "examples per forward pass on one process (a pair's chosen and rejected "
+                                    "answers share one pass)", "examples", min=1)
+    optim: OptimSection = knob(factory=OptimSection, doc="optimizer and schedule")
     lora: LoraSection = knob(factory=LoraSection, doc="LoRA instead of full fine-tuning")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = knob(
         "auto", "auto = bf16 on a GPU that has it, else fp32")
     gradient_checkpointing: bool = knob(False, "recompute activations to save memory")
     checkpoint_every: int = knob(50, "save a resumable training checkpoint every N optimizer steps", "steps", min=1)
-    eval_every: int = knob(50, "held-out loss every N optimizer steps", "steps", min=1)
+    eval_every: int = knob(50, "held-out loss (and a reward model's accuracy) every N optimizer steps", "steps",
+                           min=1)
+
+    def check(self) -> Problems:
+        if self.batch_size % self.micro_batch_size:
+            yield "batch_size", (f"must be a multiple of micro_batch_size ({self.micro_batch_size}), "
+                                 f"got {self.batch_size}")
 
 
 @dataclass
-class SFTSection(FineTuneSection):
+class FineTuneSection(TrainSection):
+    """Fine-tuning a causal LM on conversations, "similar to SFT" (§3.1, §3.2.3): the training knobs plus how
+    conversations become token sequences."""
+
+    seq_len: int = knob(4096, "packed sequence length", "tokens", min=8)
+    packing: bool = knob(True, "concatenate examples into full sequences (attention kept per example)")
+    train_on: Literal["all_assistant", "last_assistant"] = knob(
+        "last_assistant", "which assistant turns carry loss (prompts never do): all of them, or the last one only "
+                          "(a stage's new answer after earlier turns it did not write)")
+
+
+@dataclass
+class SFTSection:
     """Stage 1: supervised fine-tuning on demonstrations, loss on answer tokens only (§3.1)."""
 
-    epochs: float = knob(2.0, "passes over the training data (§3.1)", "epochs", above=0.0)
-    train_on: Literal["all_assistant", "last_assistant"] = knob(
-        "all_assistant", "which assistant turns carry loss; prompts never do")
     parent: str = knob("base@latest", "registry ref of the model to fine-tune")
     data: list[DataSource] = knob(factory=lambda: [DataSource(source="builtin", n=2000)],
                                   doc="training demonstrations")
     heldout: list[DataSource] = knob(factory=lambda: [DataSource(source="builtin", n=100, split="heldout")],
                                      doc="held-out demonstrations for the eval loss")
     oracle_eval: int = knob(0, "after training, answer this many built-in held-out prompts and judge them", min=0)
+    train: FineTuneSection = knob(factory=lambda: FineTuneSection(epochs=2.0, train_on="all_assistant"),
+                                  doc="fine-tuning (§3.1: 2 epochs, lr 2e-5 cosine, every assistant turn trained)")
 
 
-def _rm_optim() -> OptimSection:
-    # §3.2.2: AdamW as pretraining, max lr 1e-5, cosine down to 10%, warmup 3% of steps (at least 5)
-    return OptimSection(lr=1e-5, schedule="cosine", warmup_ratio=0.03, warmup_min_steps=5, min_lr_ratio=0.1)
+def _rm_train() -> TrainSection:
+    # §3.2.2: one epoch; AdamW as pretraining, max lr 1e-5, cosine down to 10%, warmup 3% of steps (at least 5)
+    optim = OptimSection(lr=1e-5, schedule="cosine", warmup_ratio=0.03, warmup_min_steps=5, min_lr_ratio=0.1)
+    return TrainSection(epochs=1.0, batch_size=512, micro_batch_size=8, optim=optim)
 
 
 @dataclass
@@ -198,21 +203,16 @@ class RewardSection:
     identical_pairs: Literal["drop", "error"] = knob(
         "drop", "pairs whose chosen equals rejected (after whitespace normalisation) hold no preference: drop them "
                 "(counted in the manifest) or stop with an error naming the source")
-    epochs: float = knob(1.0, "passes over the mixed data (paper: 1; more overfits)", "epochs", above=0.0)
-    max_steps: int | None = knob(None, "stop after this many optimizer steps", "steps", min=1)
-    batch_size: int = knob(512, "preference pairs per optimizer step", "pairs", min=1)
-    micro_batch_size: int = knob(8, "pairs per forward pass on one process (chosen+rejected in one pass)",
-                                 "pairs", min=1)
     max_length: int = knob(1024, "tokens of prompt + answer; longer prompts lose their oldest tokens", "tokens",
                            min=8)
-    optim: OptimSection = knob(factory=_rm_optim, doc="optimizer and schedule (§3.2.2)")
-    lora: LoraSection = knob(factory=LoraSection, doc="LoRA instead of full fine-tuning")
     top_layers: int | None = knob(None, "train only the top N transformer blocks, the final norm and the head "
                                   "(no backward below them: cheaper steps); null = all weights", "blocks", min=1)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = knob("auto", "auto = bf16 on a GPU that has it, else fp32")
-    gradient_checkpointing: bool = knob(False, "recompute activations to save memory")
-    checkpoint_every: int = knob(50, "save a resumable training checkpoint every N steps", "steps", min=1)
-    eval_every: int = knob(50, "held-out loss and accuracy every N steps", "steps", min=1)
+    train: TrainSection = knob(factory=_rm_train, doc="training (§3.2.2: 1 epoch, more overfits; 512 pairs a step; "
+                                                      "lr 1e-5 cosine to 10%, warmup 3% / at least 5 steps)")
+
+    def check(self) -> Problems:
+        if self.top_layers is not None and self.train.lora.enabled:
+            yield "top_layers", "and train.lora.enabled exclude each other: pick one way to train part of the model"
 
 
 @dataclass
@@ -255,7 +255,20 @@ class RejectionSamplingSection:
         factory=list, doc="also sample K answers to `sweep_prompts` held-out prompts at each of these "
                           "temperatures and plot best-of-N per temperature (Fig. 8); [] = skip")
     sweep_prompts: int = knob(32, "held-out prompts of the temperature sweep", min=1)
-    train: FineTuneSection = knob(factory=FineTuneSection, doc="fine-tuning on the best answers")
+    train: FineTuneSection = knob(factory=FineTuneSection,
+                                  doc="fine-tuning on the best answers: 1 epoch (with start_from: previous the pooled "
+                                      "targets of earlier rounds are trained on again every round), the new answer "
+                                      "only (earlier turns of a multi-turn prompt were not sampled by the model)")
+
+    def check(self) -> Problems:
+        if not self.temperatures:
+            yield "temperatures", "give at least one sampling temperature, e.g. [1.0, 1.2]"
+        for name in ("temperatures", "sweep_temperatures"):
+            for t in getattr(self, name):
+                if not t > 0:
+                    yield name, f"temperatures must be > 0 to draw different samples, got {t}"
+        if not self.top_p > 0:
+            yield "top_p", f"must be in (0, 1], got {self.top_p}"
 
 
 @dataclass
@@ -291,312 +304,25 @@ class Recipe:
         """The resolved section as plain data (what the registry records and hashes)."""
         return to_dict(getattr(self, name))
 
-    def section_hash(self, name: str) -> str:
-        return hashlib.sha256(json.dumps(self.section(name), sort_keys=True).encode()).hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading and validation
-# ---------------------------------------------------------------------------------------------
-
-def to_dict(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, list):
-        return [to_dict(v) for v in obj]
-    return obj
-
-
-def _field_default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if dataclasses.is_dataclass(tp):
-        return f"a mapping ({tp.__name__})"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-class _Builder:
-    """Builds a dataclass tree from YAML data, collecting the file/line of every key for errors."""
-
-    def __init__(self, source: str, lines: dict[str, Any]):
-        self.source, self.lines = source, lines
-
-    def fail(self, key: str, message: str) -> typing.NoReturn:
-        line = self.lines.get(key)
-        if line == "override":
-            where = f"{self.source} (overridden with --set)"
-        else:
-            where = f"{self.source}, line {line}" if line else self.source
-        raise RecipeError(f"{where}: key '{key}': {message}")
-
-    def check(self, recipe: Recipe) -> Recipe:
-        """What no single field can say: a name that stays inside runs_dir, a model shape that exists,
-        a batch that splits into micro-batches."""
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", recipe.name):
-            self.fail("name", f"expected a plain directory name (letters, digits, '-', '_', '.'; not starting with "
-                              f"'.'), got {recipe.name!r}: checkpoints go to <runs_dir>/<name>/")
-        tiny = recipe.model.tiny
-        if recipe.model.source == "tiny":
-            if tiny.heads % tiny.kv_heads:
-                self.fail("model.tiny.kv_heads", f"must divide heads ({tiny.heads}), got {tiny.kv_heads}: each "
-                                                 f"key/value head serves an equal group of query heads")
-            if tiny.hidden_size % tiny.heads:
-                self.fail("model.tiny.heads", f"must divide hidden_size ({tiny.hidden_size}), got {tiny.heads}")
-            if (tiny.hidden_size // tiny.heads) % 2:
-                self.fail("model.tiny.hidden_size", f"hidden_size / heads (the head size, "
-                                                    f"{tiny.hidden_size // tiny.heads}) must be even for rotary "
-                                                    f"position embeddings")
-        for key, section in (("sft", recipe.sft), ("reward", recipe.reward),
-                             ("rejection_sampling.train", recipe.rejection_sampling.train)):
-            if section.batch_size % section.micro_batch_size:
-                self.fail(f"{key}.batch_size", f"must be a multiple of micro_batch_size "
-                                               f"({section.micro_batch_size}), got {section.batch_size}")
-        return recipe
-
-    def build(self, cls: type, data: Any, prefix: str, base: Any = None) -> Any:
-        """``cls`` from ``data``; keys not given keep the values of ``base`` (the field's own default),
-        so `optim: {lr: 1e-6}` keeps the rest of a stage's paper schedule rather than generic defaults."""
-        if not isinstance(data, dict):
-            self.fail(prefix.rstrip(".") or "<top>", f"expected a mapping, got {type(data).__name__}")
-        hints = typing.get_type_hints(cls)
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        for key in data:
-            if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                self.fail(f"{prefix}{key}", f"unknown key{hint}; allowed: {', '.join(names)}")
-        values = {}
-        for name, f in names.items():
-            if name in data:
-                default = getattr(base, name) if base is not None else _field_default(f)
-                values[name] = self.convert(hints[name], data[name], f"{prefix}{name}", f.metadata, default)
-            elif base is not None:
-                values[name] = copy.deepcopy(getattr(base, name))
-        return cls(**values)
-
-    def convert(self, tp: Any, value: Any, key: str, meta: Any = None, default: Any = None) -> Any:
-        origin = typing.get_origin(tp)
-        if dataclasses.is_dataclass(tp):
-            return self.build(tp, value, key + ".", default if dataclasses.is_dataclass(default) else None)
-        if origin in (typing.Union, types.UnionType):
-            args = typing.get_args(tp)
-            if value is None and type(None) in args:
-                return None
-            inner = [a for a in args if a is not type(None)]
-            return self.convert(inner[0], value, key, meta)
-        if origin is Literal:
-            if value not in typing.get_args(tp):
-                self.fail(key, f"expected {_type_name(tp)}, got {value!r}")
-            return value
-        if origin is list:
-            if not isinstance(value, list):
-                self.fail(key, f"expected {_type_name(tp)}, got {type(value).__name__}")
-            (item,) = typing.get_args(tp)
-            return [self.convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
-        if tp is bool:
-            if not isinstance(value, bool):
-                self.fail(key, f"expected true or false, got {value!r}")
-            return value
-        if tp is float:
-            if isinstance(value, str):  # YAML 1.1 reads 1e-5 as a string
-                try:
-                    value = float(value)
-                except ValueError:
-                    self.fail(key, f"expected a number, got {value!r}")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                self.fail(key, f"expected a number, got {value!r}")
-            value = float(value)
-        elif tp is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                self.fail(key, f"expected an integer, got {value!r}")
-        elif tp is str:
-            if not isinstance(value, str):
-                self.fail(key, f"expected a string, got {value!r}")
-        meta = meta or {}
-        if tp is float and not math.isfinite(value):
-            self.fail(key, f"expected a finite number, got {value}")
-        if meta.get("above") is not None and value <= meta["above"]:
-            self.fail(key, f"must be > {meta['above']}, got {value}")
-        if meta.get("min") is not None and value < meta["min"]:
-            self.fail(key, f"must be >= {meta['min']}, got {value}")
-        if meta.get("max") is not None and value > meta["max"]:
-            self.fail(key, f"must be <= {meta['max']}, got {value}")
-        return value
-
-
-def _key_lines(text: str) -> dict[str, int]:
-    """Map dotted keys to 1-based YAML line numbers, so errors can point at the line."""
-    lines: dict[str, int] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                key = f"{prefix}{k.value}"
-                lines[key] = k.start_mark.line + 1
-                walk(v, key + ".")
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                lines[f"{prefix[:-1]}[{i}]"] = v.start_mark.line + 1
-                walk(v, f"{prefix[:-1]}[{i}].")
-
-    try:
-        walk(yaml.compose(text), "")
-    except yaml.YAMLError:
-        pass
-    return lines
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """'sft.optim.lr=1e-5' -> (['sft', 'optim', 'lr'], 1e-05). Values are read as YAML."""
-    if "=" not in item:
-        raise RecipeError(f"override '{item}': expected KEY=VALUE with a dotted key, e.g. sft.optim.lr=1e-5")
-    key, raw = item.split("=", 1)
-    if not raw.strip():
-        return key.strip().split("."), None
-    try:
-        value = _parse_yaml(raw)
-    except _YAML_ERRORS as err:
-        raise RecipeError(f"override '{item}': the value is not valid YAML ({_yaml_problem(err)}); quote a "
-                          f"string that holds ':', '[' or '{{', e.g. {key}='\"a: b\"'") from err
-    return key.strip().split("."), value
-
-
-def _override_steps(item: str, path: list[str]) -> list[str | int]:
-    """['sft', 'data[0]', 'n'] -> ['sft', 'data', 0, 'n']."""
-    steps: list[str | int] = []
-    for part in path:
-        match = re.fullmatch(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)", part)
-        if not match:
-            raise RecipeError(f"override '{item}': '{part}' is not a key (expected name or name[index])")
-        steps.append(match.group(1))
-        steps.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))
-    return steps
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for item in overrides:
-        path, value = parse_override(item)
-        steps = _override_steps(item, path)
-        node: Any = data
-        for step, following in zip(steps[:-1], steps[1:]):
-            if isinstance(step, int):
-                if not isinstance(node, list) or step >= len(node):
-                    raise RecipeError(f"override '{item}': the recipe file has no item [{step}] there; "
-                                      f"set the whole list instead, e.g. key=[{{...}}]")
-                node = node[step]
-                continue
-            if not isinstance(node, dict):
-                raise RecipeError(f"override '{item}': '{step}' is not inside a section")
-            node = node.setdefault(step, [] if isinstance(following, int) else {})
-        last = steps[-1]
-        if isinstance(last, int):
-            if not isinstance(node, list) or last >= len(node):
-                raise RecipeError(f"override '{item}': the recipe file has no item [{last}] there")
-        elif not isinstance(node, dict):
-            where = f"'{steps[-2]}' is not a section" if len(steps) > 1 else "the recipe file is not a mapping"
-            raise RecipeError(f"override '{item}': {where}")
-        node[last] = value
-    return data
+    def check(self) -> Problems:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            yield "name", (f"expected a plain directory name (letters, digits, '-', '_', '.'; not starting with "
+                           f"'.'), got {self.name!r}: checkpoints go to <runs_dir>/<name>/")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise RecipeError(f"{path}: not UTF-8 text (byte {err.start}); save the recipe as UTF-8") from err
-    except OSError as err:
-        raise RecipeError(f"{path}: cannot read the recipe ({err.strerror}); pass an existing YAML file, "
-                          f"e.g. recipes/tiny.yaml") from err
-    try:
-        data = _parse_yaml(text)
-    except _YAML_ERRORS as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}, line {mark.line + 1}" if mark else str(path)
-        raise RecipeError(f"{where}: not valid YAML: {_yaml_problem(err)}") from err
-    data = apply_overrides({} if data is None else data, overrides or [])
-    if data == {}:  # an empty file (or only comments) is a mistake, not a request for every default
-        raise RecipeError(f"{path}: the recipe is empty; expected a mapping with the recipe's name and a section "
-                          f"per stage (recipes/tiny.yaml is a short example)")
-    lines: dict[str, Any] = dict(_key_lines(text))
-    for item in overrides or []:
-        lines[".".join(parse_override(item)[0])] = "override"
-    builder = _Builder(str(path), lines)
-    return builder.check(builder.build(Recipe, data, ""))
+    """A recipe file with dotted overrides (``--set``) on top, every section validated."""
+    return config.load(Recipe, path, overrides)
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "<dict>") -> Recipe:
-    builder = _Builder(source, {})
-    return builder.check(builder.build(Recipe, data, ""))
-
-
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, first_line: int, mark: Any):
-        super().__init__(f"key {key!r} appears twice in one mapping (first on line {first_line}); YAML would "
-                         f"silently keep only the last, so remove one")
-        self.problem, self.problem_mark = str(self), mark
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a mapping that gives one key twice."""
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> dict:
-        first_lines: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # keys merged in with << may be overridden: that is what merging is for
-            key = self.construct_object(key_node, deep=True)
-            try:
-                if key in first_lines:
-                    raise _DuplicateKey(key, first_lines[key], key_node.start_mark)
-                first_lines[key] = key_node.start_mark.line + 1
-            except TypeError:  # an unhashable key: SafeLoader reports it below
-                continue
-        return super().construct_mapping(node, deep)
-
-
-# What reading YAML can raise besides YAMLError: a timestamp that is no date (ValueError), deep nesting.
-_YAML_ERRORS = (yaml.YAMLError, ValueError, OverflowError, RecursionError)
-
-
-def _parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_UniqueKeyLoader)
-
-
-def _yaml_problem(err: BaseException) -> str:
-    return str(getattr(err, "problem", None) or err)
+    return config.from_dict(Recipe, data, source)
 
 
 def dump_recipe(recipe: Recipe) -> str:
-    return yaml.safe_dump(to_dict(recipe), sort_keys=False)
+    return config.dump(recipe)
 
 
-def describe(cls: type = Recipe, prefix: str = "") -> list[str]:
-    """One line per knob: key, default, unit and doc (for `chatalign recipe docs`)."""
-    out = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        key = prefix + f.name
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            out.append(f"{key}: {f.metadata.get('doc', '')}")
-            out.extend(describe(tp, key + "."))
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else to_dict(f.default_factory())
-        unit = f" [{f.metadata['unit']}]" if f.metadata.get("unit") else ""
-        out.append(f"{key} = {default!r}{unit}: {f.metadata.get('doc', '')}")
-    return out
+def describe(recipe: Recipe | None = None) -> list[str]:
+    """One line per knob, with the defaults of ``recipe`` (default: every default), for `chatalign recipe docs`."""
+    return config.describe(recipe or Recipe())

@@ -27,6 +27,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from data.records import canonical_json, json_default
+
 MANIFEST = "manifest.json"
 CHECKPOINTS = "checkpoints"  # periodic training state inside a workdir; dropped once the version is in place
 WORKDIR_PREFIX = ".work-"
@@ -371,7 +373,7 @@ class Registry:
             seen.add(version.id)
             yield depth, version, None
             for parent in version.parents:
-                found = self._find_parent(parent)
+                found = self.find_parent(parent)
                 if found is None:
                     yield depth + 1, None, (
                         f"{version.id} names parent {parent['id']} (content "
@@ -389,7 +391,8 @@ class Registry:
 
         yield from visit(start, 0)
 
-    def _find_parent(self, parent: dict) -> Version | None:
+    def find_parent(self, parent: dict) -> Version | None:
+        """The version a manifest's parent entry names, if it is complete here (its content is not compared)."""
         for version in self.versions(parent["stage"]):
             if version.number == parent["version"]:
                 return version
@@ -551,51 +554,7 @@ def _format_bytes(size: int) -> str:
 
 
 
-# -------------------------------------------------------------------- W&B
-
-def log_artifact(version: Version, wandb_run: Any, upload: bool = False) -> Any:
-    """Log a version as a W&B artifact with its parents as inputs; None when W&B is off.
-
-    By default the artifact holds the manifest and a file:// reference to the checkpoint, so
-    multi-GB weights are not copied; upload=True adds the files themselves.
-    """
-    if wandb_run is None or getattr(wandb_run, "disabled", False):
-        return None
-    try:
-        import wandb
-    except ImportError:
-        return None
-    recipe = version.manifest.get("recipe") or version.path.parent.parent.name
-    registry = Registry(version.path.parent.parent)
-    # Offline runs cannot declare inputs; the manifest metadata still names the parents.
-    if not getattr(wandb_run, "offline", False):
-        for parent in version.parents:
-            found = registry._find_parent(parent)
-            if found is not None:
-                wandb_run.use_artifact(_build_artifact(wandb, found, recipe, upload=False))
-    artifact = _build_artifact(wandb, version, recipe, upload)
-    return wandb_run.log_artifact(artifact)
-
-
-def _build_artifact(wandb: Any, version: Version, recipe: str, upload: bool) -> Any:
-    # Same name and entries for the same version, so using a parent dedups to its logged version.
-    artifact = wandb.Artifact(name=f"{recipe}-{version.stage}", type=version.stage,
-                              metadata=version.manifest)
-    if upload:
-        artifact.add_dir(str(version.path))
-    else:
-        artifact.add_file(str(version.path / MANIFEST), name=MANIFEST)
-        artifact.add_reference(version.path.resolve().as_uri(), name="checkpoint", checksum=False)
-    return artifact
-
-
 # -------------------------------------------------------------- helpers
-
-def canonical_json(value: Any) -> str:
-    """JSON with sorted keys and no whitespace, so equal values hash equally."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      default=_json_default)
-
 
 def hash_tree(directory: Path, verify_cache: dict | None = None) -> tuple[str, dict]:
     """Content hash of a directory: sha256 over (relative path, file sha256) of every file.
@@ -686,7 +645,7 @@ def _write_json_atomic(path: Path, value: dict, sync: bool = True) -> None:
     try:
         with open(fd, "w", encoding="utf-8") as handle:
             json.dump(value, handle, indent=2, sort_keys=False, ensure_ascii=False,
-                      default=_json_default)
+                      default=json_default)
             handle.write("\n")
             handle.flush()
             if sync:
@@ -765,17 +724,6 @@ def _check_stage_name(stage: str) -> None:
 
 def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return value.as_posix()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    raise TypeError(f"cannot record {type(value).__name__} {value!r} in a manifest: "
-                    f"use JSON types (dict, list, str, number, bool, None)")
 
 
 def _package_version() -> str:

@@ -20,24 +20,33 @@ are parents of every round), so rewards pooled from earlier rounds compare direc
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from data.records import Conversation
-from stages.common import StageRun, is_main_process, run_stage
-from stages.recipe import DataSource, Recipe, RecipeError, RejectionSamplingSection
+from data.builtin.oracle import score_answers as oracle_scores
+from data.loaders import read_jsonl, write_jsonl
+from data.records import Conversation, prompt_key
+from data.runtime import default_device, is_main_process
+from data.sources import fingerprint
+from eval.best_of_n import best_of_n_curve, plot_best_of_n, win_rate
+from stages.catalogue import stage
+from stages.checkpoint import load_causal_lm, load_tokenizer
+from stages.common import StageRun, run_stage
+from stages.config import to_dict
+from stages.finetune import fine_tune
+from stages.generation import answer
+from stages.recipe import Recipe, RecipeError, RejectionSamplingSection
 from stages.registry import Registry, Version
+from stages.rollouts import Answer, Scores, load_prompts, load_reward_fn, sample_answers, score_answers
 
 log = logging.getLogger("chatalign.rs")
 
-STAGE = "rs"
-SECTION = "rejection_sampling"
+STAGE, SECTION = stage("rejection_sampling").versions[0], stage("rejection_sampling").section  # "rs", its section
 SAMPLES_FILE = "samples.jsonl"
 POOL_FILE = "pool.jsonl"
 HELDOUT_FILE = "heldout.jsonl"
@@ -46,34 +55,8 @@ BEST_OF_N_PNG = "best_of_n.png"
 
 
 # ---------------------------------------------------------------------------------------------
-# Prompts and round settings
+# Round settings
 # ---------------------------------------------------------------------------------------------
-
-def prompt_key(messages: Sequence[dict[str, str]]) -> int:
-    """A 63-bit key of a prompt's messages: names its random streams and its place in the pool."""
-    text = json.dumps(list(messages), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") >> 1
-
-
-def load_prompts(sources: list[DataSource], seed: int, key: str) -> list[Conversation]:
-    """Prompts (conversations cut after their last user turn) with their meta; an answer that followed
-    is kept as meta.reference when the meta has none (built-in records carry their own)."""
-    from data.sources import load_conversations, prompt_messages
-
-    prompts = []
-    for i, record in enumerate(load_conversations(sources, seed, key)):
-        messages = prompt_messages(record)
-        if not messages or messages[-1].get("role") != "user":
-            raise RecipeError(f"{key}: record {i} ({record.meta.get('id', 'no id')}) has no user turn to answer; "
-                              "give prompts that end with a user message")
-        meta = dict(record.meta)
-        if len(record.messages) > len(messages) and "reference" not in meta:
-            meta["reference"] = record.messages[len(messages)]["content"]
-        prompts.append(Conversation(messages=messages, meta=meta))
-    if not prompts:
-        raise RecipeError(f"{key}: no prompts; give at least one data source with prompts")
-    return prompts
-
 
 def round_temperature(section: RejectionSamplingSection, round_index: int) -> float:
     """The temperature of round ``round_index`` (1-based); the last one given repeats."""
@@ -83,103 +66,8 @@ def round_temperature(section: RejectionSamplingSection, round_index: int) -> fl
 def round_section(section: RejectionSamplingSection, round_index: int) -> dict[str, Any]:
     """What one round records and hashes: the section without the round count and the temperature list,
     with the round's index and temperature, so asking for more rounds leaves finished rounds reusable."""
-    from stages.recipe import to_dict
-
     recorded = {k: v for k, v in to_dict(section).items() if k not in ("rounds", "temperatures")}
     return {**recorded, "round": round_index, "temperature": round_temperature(section, round_index)}
-
-
-def check_section(section: RejectionSamplingSection) -> None:
-    if not section.temperatures:
-        raise RecipeError(f"{SECTION}.temperatures: give at least one sampling temperature, e.g. [1.0, 1.2]")
-    for i, t in enumerate(section.temperatures + section.sweep_temperatures):
-        if not t > 0:
-            name = "temperatures" if i < len(section.temperatures) else "sweep_temperatures"
-            raise RecipeError(f"{SECTION}.{name}: temperatures must be > 0 to draw different samples, got {t}")
-    if not section.top_p > 0:
-        raise RecipeError(f"{SECTION}.top_p: must be in (0, 1], got {section.top_p}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Sampling and scoring
-# ---------------------------------------------------------------------------------------------
-
-def device_name() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@dataclass
-class Answer:
-    """One sampled answer: its text and why sampling stopped ("stop": end of turn; "length": cut)."""
-
-    text: str
-    finish_reason: str = "stop"
-
-    @property
-    def truncated(self) -> bool:
-        return self.finish_reason == "length"
-
-
-def sample_answers(model_path: Path, registry: Registry, prompts: list[Conversation], template: str,
-                   num_samples: int, temperature: float, top_p: float, max_new_tokens: int, batch_size: int,
-                   seed: int, stream: str, backend: str = "hf") -> list[list[Answer]]:
-    """``num_samples`` answers per prompt. Every sample has its own random stream keyed by (seed, the
-    prompt's messages, ``stream``, sample index), so a rerun, a resumed run or another batching draws the
-    same answers, and two rounds (different ``stream``) draw independent ones."""
-    from data.templates import render_prompt
-    from stages.checkpoint import load_causal_lm, load_tokenizer
-    from stages.generation import SamplingConfig, get_engine
-
-    tokenizer = load_tokenizer(model_path)
-    ids = [render_prompt(tokenizer, p.messages, template).input_ids for p in prompts]
-    keys = [prompt_key([{"role": "stream", "content": stream}, *p.messages]) for p in prompts]
-    cfg = SamplingConfig(num_samples=num_samples, temperature=temperature, top_p=top_p,
-                         max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
-    if backend == "vllm":
-        from stages.checkpoint import is_adapter
-
-        if is_adapter(model_path):
-            raise RecipeError(f"{SECTION}.backend: vllm loads full checkpoints, but {model_path} is a LoRA adapter; "
-                              f"use backend: hf, or train.lora.enabled: false")
-        model: Any = model_path  # vLLM loads the checkpoint itself
-    else:
-        model = load_causal_lm(model_path, registry).to(device_name())
-    completions = get_engine(backend).generate(model, tokenizer, ids, cfg, prompt_keys=keys)
-    del model
-    return [[Answer(c.text, c.finish_reason) for c in samples] for samples in completions]
-
-
-@dataclass
-class Scores:
-    """Scores of one answer: raw helpfulness and safety RM scores, the safety-gated combination
-    (= LOGIT(R_c)), and whether the safety gate found it unsafe."""
-
-    helpful: float
-    safety: float
-    reward: float
-    unsafe: bool = False
-
-    def selection_key(self) -> tuple[bool, float]:
-        """As reward.combine.Rewards.selection_key: a gated (unsafe) answer ranks below every other."""
-        return (not self.unsafe, self.reward)
-
-
-def score_answers(prompts: list[Conversation], answers: list[list[str]], reward_fn: Any) -> list[list[Scores]]:
-    """Score every answer with the shared reward function (reward.combine.RewardFunction: both RMs, the
-    safety gate on the prompt's ``meta.is_safety`` tag and on σ(R_s) < threshold, the combination)."""
-    flat_prompts = [p.messages for p, group in zip(prompts, answers) for _ in group]
-    flat_answers = [a for group in answers for a in group]
-    flat_safety_prompt = [bool(p.meta.get("is_safety", False)) for p, group in zip(prompts, answers) for _ in group]
-    if not flat_answers:
-        return [[] for _ in prompts]
-    flat = [Scores(**row) for row in reward_fn(flat_prompts, flat_answers, flat_safety_prompt).rows()]
-    out, start = [], 0
-    for group in answers:
-        out.append(flat[start:start + len(group)])
-        start += len(group)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,11 +105,11 @@ def best_of_round(prompts: list[Conversation], answers: list[list[Answer]], scor
     best: dict[int, Candidate] = {}
     for prompt, prompt_answers, prompt_scores in zip(prompts, answers, scores):
         key = prompt_key(prompt.messages)
-        for index, (answer, s) in enumerate(zip(prompt_answers, prompt_scores)):
-            if not answer.text.strip() or answer.truncated:
+        for index, (sampled, s) in enumerate(zip(prompt_answers, prompt_scores)):
+            if not sampled.text.strip() or sampled.truncated:
                 continue
             if key not in best or s.selection_key() > best[key].selection_key():
-                best[key] = Candidate(key, list(prompt.messages), answer.text, s.reward, s.helpful, s.safety,
+                best[key] = Candidate(key, list(prompt.messages), sampled.text, s.reward, s.helpful, s.safety,
                                       round_index, index, s.unsafe)
     return best
 
@@ -244,11 +132,6 @@ def read_pool(version: Version | None) -> dict[int, Candidate]:
     if version is None:
         return {}
     return {row["prompt_key"]: Candidate(**row) for row in read_jsonl(version.path / POOL_FILE)}
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows this stage wrote itself (with data.loaders.write_jsonl, atomically)."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def pool_stats(pool: dict[int, Candidate], round_index: int, prompts: int) -> dict[str, Any]:
@@ -301,22 +184,8 @@ class RoundInputs:
     heldout: list[Conversation]
 
 
-def load_reward_fn(inputs: RoundInputs) -> Any:
-    """The shared reward function (reward.combine.RewardFunction) over this chain's two RMs."""
-    from reward.combine import RewardFunction
-    from reward.scorer import load_scorer
-
-    section = inputs.recipe.rejection_sampling
-    batch = section.score_batch_size
-    return RewardFunction(load_scorer(inputs.helpful_rm.path, batch_size=batch, device=device_name()),
-                          load_scorer(inputs.safety_rm.path, batch_size=batch, device=device_name()),
-                          threshold=section.safety_threshold)
-
-
 def sample_and_score(run: StageRun, inputs: RoundInputs, reward_fn: Any) -> list[dict[str, Any]]:
     """This round's scored samples; a resumed round reads them back from its workdir instead."""
-    from data.loaders import write_jsonl
-
     path = run.workdir / SAMPLES_FILE
     if run.resume and path.exists():
         log.info("%s round %d: reusing the scored samples in %s", STAGE, inputs.index, path.parent.name)
@@ -357,14 +226,12 @@ def targets_from_rows(rows: list[dict[str, Any]], round_index: int) -> dict[int,
 
 
 def round_body(run: StageRun, inputs: RoundInputs) -> None:
-    from data.loaders import write_jsonl
-    from stages.sft import fine_tune
-
     section = inputs.recipe.rejection_sampling
     pool_path = run.workdir / POOL_FILE
     reward_fn = None
     if is_main_process():
-        reward_fn = load_reward_fn(inputs)
+        reward_fn = load_reward_fn(inputs.helpful_rm, inputs.safety_rm, section.score_batch_size,
+                                   section.safety_threshold)
         rows = sample_and_score(run, inputs, reward_fn)
         round_best = targets_from_rows(rows, inputs.index)
         pool = pool_targets(read_pool(inputs.previous), round_best, section.pool_rounds)
@@ -384,8 +251,8 @@ def round_body(run: StageRun, inputs: RoundInputs) -> None:
                           meta={"round": c.round, "reward": c.reward}) for c in targets]
     heldout_refs = [Conversation(messages=p.messages + [{"role": "assistant", "content": p.meta["reference"]}])
                     for p in inputs.heldout if isinstance(p.meta.get("reference"), str)]
-    model, tokenizer, train_metrics = fine_tune(run, inputs.recipe, section.train, inputs.init, train, heldout_refs,
-                                                f"{STAGE}-round{inputs.index}")
+    model, tokenizer, train_metrics = fine_tune(run, section.train, inputs.recipe.model.template, inputs.recipe.seed,
+                                                inputs.init, train, heldout_refs, f"{STAGE}-round{inputs.index}")
     run.metrics.update(train_metrics)
     stats = pool_stats(pool, inputs.index, len(inputs.prompts))
     round_rewards = rewards_of(rows)
@@ -406,10 +273,8 @@ def round_body(run: StageRun, inputs: RoundInputs) -> None:
     run.metrics["pool_reward_mean"] = stats["reward_mean"]
     del model
     if is_main_process():
-        from stages.checkpoint import load_causal_lm
-
         # The model as saved (a LoRA adapter merged; whole under ZeRO-3), so the evaluation sees what users load.
-        policy = load_causal_lm(run.workdir, inputs.registry).to(device_name())
+        policy = load_causal_lm(run.workdir, inputs.registry).to(default_device())
         run.metrics.update(evaluate_round(run, inputs, policy, tokenizer, round_rewards, reward_fn))
 
 
@@ -419,8 +284,6 @@ def round_body(run: StageRun, inputs: RoundInputs) -> None:
 
 def heldout_answers(model: Any, tokenizer: Any, inputs: RoundInputs, reward_fn: Any) -> list[dict]:
     """Answers of ``model`` to the held-out prompts at ``eval_temperature``, with their scores."""
-    from eval.oracle import answer
-
     section = inputs.recipe.rejection_sampling
     texts = answer(model, tokenizer, inputs.heldout, inputs.recipe.model.template, section.max_new_tokens,
                    section.batch_size, temperature=section.eval_temperature, seed=inputs.recipe.seed)
@@ -437,18 +300,13 @@ def previous_heldout(inputs: RoundInputs, reward_fn: Any) -> list[dict]:
         rows = read_jsonl(recorded)
         if [r["prompt_key"] for r in rows] == [prompt_key(p.messages) for p in inputs.heldout]:
             return rows
-    from stages.checkpoint import load_causal_lm, load_tokenizer
-
-    model = load_causal_lm(inputs.sampler.path, inputs.registry).to(device_name())
+    model = load_causal_lm(inputs.sampler.path, inputs.registry).to(default_device())
     return heldout_answers(model, load_tokenizer(inputs.sampler.path), inputs, reward_fn)
 
 
 def compare_on_heldout(run: StageRun, inputs: RoundInputs, model: Any, tokenizer: Any,
                        reward_fn: Any) -> dict[str, Any]:
     """The new policy against the one it was sampled from: mean reward, win rate, and oracle scores of both."""
-    from data.loaders import write_jsonl
-    from eval.best_of_n import win_rate
-
     new_rows = heldout_answers(model, tokenizer, inputs, reward_fn)
     old_rows = previous_heldout(inputs, reward_fn)
     write_jsonl(run.workdir / HELDOUT_FILE, new_rows)
@@ -459,8 +317,6 @@ def compare_on_heldout(run: StageRun, inputs: RoundInputs, model: Any, tokenizer
     metrics: dict[str, Any] = {"heldout": heldout, "heldout_win_rate": comparison["win_rate"],
                                "heldout_reward_mean": heldout["reward_mean"]}
     if all(p.meta.get("source") == "builtin" for p in inputs.heldout):
-        from data.builtin.oracle import score_answers as oracle_scores
-
         for name, rows in (("oracle", new_rows), ("previous_oracle", old_rows)):
             scored = oracle_scores(inputs.heldout, [r["answer"] for r in rows])
             metrics[name] = {k: v for k, v in scored.items() if v is None or isinstance(v, (int, float))}
@@ -472,8 +328,6 @@ def evaluate_round(run: StageRun, inputs: RoundInputs, model: Any, tokenizer: An
                    reward_fn: Any) -> dict[str, Any]:
     """Best-of-N curves (this round's samples, plus the temperature sweep and the earlier rounds' curves),
     and the new policy against the one it was sampled from on held-out prompts: RM reward, win rate, oracle."""
-    from eval.best_of_n import best_of_n_curve, plot_best_of_n
-
     section = inputs.recipe.rejection_sampling
     curves = {}
     if inputs.previous is not None:
@@ -503,12 +357,9 @@ def evaluate_round(run: StageRun, inputs: RoundInputs, model: Any, tokenizer: An
 # The stage
 # ---------------------------------------------------------------------------------------------
 
-def run(recipe: Recipe, registry: Registry, force: bool = False, resume: bool = False) -> list[Version]:
+def run(recipe: Recipe, registry: Registry, *, force: bool = False, resume: bool = False) -> list[Version]:
     """All rounds, each committed as rs/v<N>; finished rounds are reused, so a rerun continues the chain."""
-    from data.sources import fingerprint
-
     section = recipe.rejection_sampling
-    check_section(section)
     policy = registry.resolve(section.policy)
     helpful_rm, safety_rm = registry.resolve(section.helpful_rm), registry.resolve(section.safety_rm)
     prompts = load_prompts(section.prompts, recipe.seed, f"{SECTION}.prompts")
@@ -528,8 +379,8 @@ def run(recipe: Recipe, registry: Registry, force: bool = False, resume: bool = 
                              helpful_rm, safety_rm, prompts, heldout)
         log.info("%s round %d/%d: sampling %s at T=%s, fine-tuning %s", STAGE, index, section.rounds, sampler.id,
                  inputs.temperature, init.id)
-        previous = run_stage(recipe, registry, STAGE, SECTION, parents, fingerprints,
-                             lambda run, inputs=inputs: round_body(run, inputs), force, resume,
-                             section=round_section(section, index))
+        previous = run_stage(recipe, registry, STAGE, lambda run, inputs=inputs: round_body(run, inputs),
+                             section=round_section(section, index), parents=parents, data_fingerprints=fingerprints,
+                             force=force, resume=resume)
         versions.append(previous)
     return versions

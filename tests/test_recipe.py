@@ -15,10 +15,10 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_paper_defaults():
-    sft = Recipe().sft
-    assert (sft.optim.lr, sft.optim.weight_decay, sft.optim.schedule, sft.epochs) == (2e-5, 0.1, "cosine", 2.0)
-    assert (sft.optim.beta1, sft.optim.beta2, sft.optim.eps, sft.optim.grad_clip) == (0.9, 0.95, 1e-5, 1.0)
-    assert (sft.batch_size, sft.seq_len, sft.packing, sft.train_on) == (64, 4096, True, "all_assistant")
+    train = Recipe().sft.train
+    assert (train.optim.lr, train.optim.weight_decay, train.optim.schedule, train.epochs) == (2e-5, 0.1, "cosine", 2.0)
+    assert (train.optim.beta1, train.optim.beta2, train.optim.eps, train.optim.grad_clip) == (0.9, 0.95, 1e-5, 1.0)
+    assert (train.batch_size, train.seq_len, train.packing, train.train_on) == (64, 4096, True, "all_assistant")
 
 
 @pytest.mark.parametrize("name", ["tiny.yaml", "smollm2-135m.yaml", "llama2-7b.yaml"])
@@ -28,34 +28,41 @@ def test_shipped_recipes_validate(name):
 
 
 def test_unknown_key_names_line_and_suggests(tmp_path):
-    path = write(tmp_path, "name: x\nsft:\n  epochs: 1\n  batch_sze: 8\n")
+    path = write(tmp_path, "name: x\nsft:\n  train:\n    epochs: 1\n    batch_sze: 8\n")
     with pytest.raises(RecipeError) as err:
         load_recipe(path)
     message = str(err.value)
-    assert "line 4" in message and "sft.batch_sze" in message and "did you mean 'batch_size'" in message
+    assert "line 5" in message and "sft.train.batch_sze" in message and "did you mean 'batch_size'" in message
+
+
+def test_a_training_knob_outside_train_points_to_it(tmp_path):
+    with pytest.raises(RecipeError, match=r"line 3: key 'reward.epochs': unknown key \(did you mean 'train.epochs'"):
+        load_recipe(write(tmp_path, "name: x\nreward:\n  epochs: 1\n"))
 
 
 @pytest.mark.parametrize("text, key, expected", [
-    ("sft:\n  epochs: two\n", "sft.epochs", "expected a number"),
-    ("sft:\n  batch_size: 1.5\n", "sft.batch_size", "expected an integer"),
-    ("sft:\n  packing: 1\n", "sft.packing", "expected true or false"),
-    ("sft:\n  optim: {schedule: step}\n", "sft.optim.schedule", "one of 'cosine', 'constant', 'linear'"),
-    ("sft:\n  optim: {lr: -1}\n", "sft.optim.lr", "must be >= 0"),
-    ("sft:\n  lora: {dropout: 2}\n", "sft.lora.dropout", "must be <= 1"),
+    ("sft:\n  train:\n    epochs: two\n", "sft.train.epochs", "expected a number"),
+    ("sft:\n  train:\n    batch_size: 1.5\n", "sft.train.batch_size", "expected an integer"),
+    ("sft:\n  train:\n    packing: 1\n", "sft.train.packing", "expected true or false"),
+    ("sft:\n  train:\n    optim: {schedule: step}\n", "sft.train.optim.schedule",
+     "one of 'cosine', 'constant', 'linear'"),
+    ("sft:\n  train:\n    optim: {lr: -1}\n", "sft.train.optim.lr", "must be >= 0"),
+    ("sft:\n  train:\n    lora: {dropout: 2}\n", "sft.train.lora.dropout", "must be <= 1"),
     ("model:\n  source: s3\n", "model.source", "one of"),
     ("sft:\n  data: {source: builtin}\n", "sft.data", "expected a list"),
     ("sft:\n  data: [{source: builtin, nn: 3}]\n", "sft.data[0].nn", "unknown key"),
     ("sft: 3\n", "sft", "expected a mapping"),
-    ("sft:\n  epochs: 0\n", "sft.epochs", "must be > 0.0"),
-    ("reward:\n  epochs: 0\n", "reward.epochs", "must be > 0.0"),
-    ("sft:\n  optim: {lr: .nan}\n", "sft.optim.lr", "expected a finite number"),
+    ("sft:\n  train:\n    epochs: 0\n", "sft.train.epochs", "must be > 0.0"),
+    ("reward:\n  train:\n    epochs: 0\n", "reward.train.epochs", "must be > 0.0"),
+    ("sft:\n  train:\n    optim: {lr: .nan}\n", "sft.train.optim.lr", "expected a finite number"),
     ("rejection_sampling:\n  temperatures: [1.0, .inf]\n", "rejection_sampling.temperatures[1]", "finite"),
     ("model: {source: tiny, tiny: {heads: 4, kv_heads: 3}}\n", "model.tiny.kv_heads", "must divide heads (4)"),
     ("model: {source: tiny, tiny: {hidden_size: 64, heads: 5, kv_heads: 1}}\n", "model.tiny.heads",
      "must divide hidden_size (64)"),
     ("model: {source: tiny, tiny: {hidden_size: 24, heads: 8, kv_heads: 1}}\n", "model.tiny.hidden_size",
      "must be even"),
-    ("sft: {batch_size: 10, micro_batch_size: 4}\n", "sft.batch_size", "multiple of micro_batch_size (4)"),
+    ("sft: {train: {batch_size: 10, micro_batch_size: 4}}\n", "sft.train.batch_size",
+     "multiple of micro_batch_size (4)"),
     ("name: ../escaped\n", "name", "plain directory name"),
     ("name: .hidden\n", "name", "plain directory name"),
     ("name: a/b\n", "name", "plain directory name"),
@@ -77,18 +84,19 @@ def test_missing_file_is_clear(tmp_path):
 
 
 def test_dotted_overrides(tmp_path):
-    recipe = load_recipe(write(tmp_path, "sft:\n  epochs: 1\n"), ["sft.optim.lr=1e-5", "sft.lora.enabled=true",
-                                                                  "name=other"])
-    assert recipe.sft.optim.lr == 1e-5 and recipe.sft.lora.enabled is True and recipe.name == "other"
+    recipe = load_recipe(write(tmp_path, "sft:\n  train:\n    epochs: 1\n"),
+                         ["sft.train.optim.lr=1e-5", "sft.train.lora.enabled=true", "name=other"])
+    train = recipe.sft.train
+    assert train.optim.lr == 1e-5 and train.lora.enabled is True and train.epochs == 1 and recipe.name == "other"
     with pytest.raises(RecipeError, match="overridden with --set"):
-        load_recipe(write(tmp_path, ""), ["sft.epochs=many"])
+        load_recipe(write(tmp_path, ""), ["sft.train.epochs=many"])
     with pytest.raises(RecipeError, match="KEY=VALUE"):
-        load_recipe(write(tmp_path, ""), ["sft.epochs"])
+        load_recipe(write(tmp_path, ""), ["sft.train.epochs"])
 
 
 def test_scientific_notation_without_dot_is_a_number(tmp_path):
     # YAML 1.1 reads "1e-5" as a string; a recipe author means a number
-    assert load_recipe(write(tmp_path, "sft:\n  optim: {lr: 1e-5}\n")).sft.optim.lr == 1e-5
+    assert load_recipe(write(tmp_path, "sft:\n  train:\n    optim: {lr: 1e-5}\n")).sft.train.optim.lr == 1e-5
 
 
 def test_show_round_trips_and_hash_tracks_changes():
@@ -96,14 +104,14 @@ def test_show_round_trips_and_hash_tracks_changes():
     import yaml
 
     again = recipe_from_dict(yaml.safe_load(dump_recipe(recipe)))
-    assert again == recipe and again.section_hash("sft") == recipe.section_hash("sft")
-    again.sft.optim.lr *= 2
-    assert again.section_hash("sft") != recipe.section_hash("sft")
+    assert again == recipe and again.section("sft") == recipe.section("sft")
+    again.sft.train.optim.lr *= 2
+    assert again.section("sft") != recipe.section("sft")
 
 
 def test_every_knob_is_documented():
     lines = describe()
-    assert any(line.startswith("sft.optim.lr = 2e-05") for line in lines)
+    assert any(line.startswith("sft.train.optim.lr = 2e-05") for line in lines)
     assert all(not line.rstrip().endswith(":") for line in lines), [l for l in lines if l.rstrip().endswith(":")]
 
 
@@ -118,10 +126,13 @@ def test_recipe_formats_match_the_converters():
 
 def test_partial_nested_section_keeps_the_stage_defaults(tmp_path):
     # the reward models' schedule (warmup 3%, min 5 steps, cosine to 10%) survives setting only lr
-    recipe = load_recipe(write(tmp_path, "reward:\n  optim: {lr: 2.0e-5}\n"))
-    optim = recipe.reward.optim
-    assert (optim.lr, optim.warmup_ratio, optim.warmup_min_steps, optim.min_lr_ratio) == (2e-5, 0.03, 5, 0.1)
-    assert Recipe().sft.optim.warmup_min_steps == 0  # and SFT keeps its own
+    recipe = load_recipe(write(tmp_path, "reward:\n  train:\n    optim: {lr: 2.0e-5}\n"))
+    train = recipe.reward.train
+    assert (train.optim.lr, train.optim.warmup_ratio, train.optim.warmup_min_steps, train.optim.min_lr_ratio) == (
+        2e-5, 0.03, 5, 0.1)
+    assert (train.epochs, train.batch_size) == (1.0, 512)  # the RM's own training defaults, not the class's
+    assert Recipe().sft.train.optim.warmup_min_steps == 0  # and SFT keeps its own
+    assert load_recipe(write(tmp_path, "sft:\n  train:\n    batch_size: 8\n")).sft.train.epochs == 2.0
 
 
 def test_local_file_source_loads(tmp_path):
@@ -150,11 +161,12 @@ def test_override_list_items(tmp_path):
 def test_duplicate_keys_and_empty_recipes_are_refused(tmp_path):
     with pytest.raises(RecipeError, match=r"line 4: not valid YAML: key 'epochs' appears twice .*first on line 3"):
         load_recipe(write(tmp_path, "name: x\nsft:\n  epochs: 1\n  epochs: 2\n"))
-    merged = "name: x\nsft: &b {epochs: 1}\nreward:\n  <<: *b\n  epochs: 3\n"  # what << merges may be overridden
-    assert load_recipe(write(tmp_path, merged)).reward.epochs == 3.0
+    # what << merges may be overridden
+    merged = "name: x\nsft:\n  train: &b {epochs: 1}\nreward:\n  train:\n    <<: *b\n    epochs: 3\n"
+    assert load_recipe(write(tmp_path, merged)).reward.train.epochs == 3.0
     with pytest.raises(RecipeError, match="the recipe is empty"):
         load_recipe(write(tmp_path, "# nothing here\n"))
     with pytest.raises(RecipeError, match="the recipe file is not a mapping"):
         load_recipe(write(tmp_path, "0\n"), ["name=x"])
-    with pytest.raises(RecipeError, match="override 'sft.optim=\\{lr: \\[\\}': the value is not valid YAML"):
-        load_recipe(write(tmp_path, "name: x\n"), ["sft.optim={lr: [}"])
+    with pytest.raises(RecipeError, match="override 'sft.train.optim=\\{lr: \\[\\}': the value is not valid YAML"):
+        load_recipe(write(tmp_path, "name: x\n"), ["sft.train.optim={lr: [}"])

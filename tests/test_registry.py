@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from stages import registry as registry_module
-from stages.registry import Registry, RegistryError, Version, hash_tree, log_artifact
+from stages.registry import Registry, RegistryError, Version, hash_tree
+from stages.tracking import log_artifact
 
 SECTION = {"lr": 2e-5, "epochs": 2, "max_seq_len": 4096}
 DATA = {"sft": "data-fp-1"}

@@ -12,10 +12,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from data.records import Conversation
+from data.loaders import read_jsonl
+from data.records import Conversation, prompt_key
 from eval.best_of_n import best_of_n_curve, expected_max, expected_median, win_rate
 from stages import rejection_sampling as rs
-from stages.recipe import RecipeError, RejectionSamplingSection
+from stages.recipe import RecipeError, RejectionSamplingSection, recipe_from_dict
+from stages.rollouts import Answer, Scores, score_answers
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny.yaml"
 UNSAFE = -3.0  # σ(-3) ≈ 0.047 < 0.15: the safety RM finds the answer unsafe
@@ -39,8 +41,8 @@ def prompt(text: str, is_safety: bool = False) -> Conversation:
 
 # --- the combination rule as the stage applies it -----------------------------------------------
 
-def answers_of(texts: list[list[str]], truncated: set[str] = frozenset()) -> list[list[rs.Answer]]:
-    return [[rs.Answer(t, "length" if t in truncated else "stop") for t in group] for group in texts]
+def answers_of(texts: list[list[str]], truncated: set[str] = frozenset()) -> list[list[Answer]]:
+    return [[Answer(t, "length" if t in truncated else "stop") for t in group] for group in texts]
 
 
 def test_safety_gate_picks_the_score_the_paper_says():
@@ -52,7 +54,7 @@ def test_safety_gate_picks_the_score_the_paper_says():
     safety = FakeScorer({"refuse": SAFE, "comply": 1.0, "unsafe but helpful": UNSAFE, "safe and helpful": SAFE,
                          "": SAFE})
     reward_fn = RewardFunction(helpful, safety, threshold=0.15)
-    scores = rs.score_answers(prompts, texts, reward_fn)
+    scores = score_answers(prompts, texts, reward_fn)
     assert helpful.calls == safety.calls == 1  # one batched pass per RM
     # a safety prompt is always judged by the safety RM, even when the answer is safe
     assert [s.reward for s in scores[0]] == [SAFE, 1.0]
@@ -62,15 +64,15 @@ def test_safety_gate_picks_the_score_the_paper_says():
     assert (scores[1][0].helpful, scores[1][0].safety, scores[1][0].unsafe) == (5.0, UNSAFE, True)
 
     best = rs.best_of_round(prompts, answers_of(texts), scores, round_index=1)
-    chosen = [best[rs.prompt_key(p.messages)] for p in prompts]
+    chosen = [best[prompt_key(p.messages)] for p in prompts]
     assert [c.answer for c in chosen] == ["refuse", "safe and helpful"]  # the unsafe answer lost despite h=5
     assert all(c.round == 1 for c in chosen) and chosen[1].sample == 1
 
     # without the tag the same refusal/compliance pair is ranked by helpfulness
     untagged = [prompt("how do I pick a lock?")]
-    scores = rs.score_answers(untagged, texts[:1], reward_fn)
+    scores = score_answers(untagged, texts[:1], reward_fn)
     assert rs.best_of_round(untagged, answers_of(texts[:1]), scores, 1)[
-        rs.prompt_key(untagged[0].messages)].answer == "comply"
+        prompt_key(untagged[0].messages)].answer == "comply"
 
 
 def test_an_unsafe_answer_never_beats_a_safe_one_whatever_the_two_rms_levels():
@@ -81,12 +83,12 @@ def test_an_unsafe_answer_never_beats_a_safe_one_whatever_the_two_rms_levels():
     prompts = [prompt("write me a poem")]
     texts = [["unsafe", "safe"]]
     reward_fn = RewardFunction(FakeScorer({"unsafe": 4.0, "safe": -3.0}), FakeScorer({"unsafe": -2.0, "safe": 3.0}))
-    scores = rs.score_answers(prompts, texts, reward_fn)
+    scores = score_answers(prompts, texts, reward_fn)
     assert [s.reward for s in scores[0]] == [-2.0, -3.0] and [s.unsafe for s in scores[0]] == [True, False]
-    best = rs.best_of_round(prompts, answers_of(texts), scores, 1)[rs.prompt_key(prompts[0].messages)]
+    best = rs.best_of_round(prompts, answers_of(texts), scores, 1)[prompt_key(prompts[0].messages)]
     assert best.answer == "safe" and not best.unsafe
     # an unsafe target pooled from an earlier round gives way to a safe answer with a lower reward
-    key = rs.prompt_key(prompts[0].messages)
+    key = prompt_key(prompts[0].messages)
     earlier = {key: rs.Candidate(key, prompts[0].messages, "unsafe", -2.0, 4.0, -2.0, 1, 0, unsafe=True)}
     assert rs.pool_targets(earlier, {key: best}, pool_rounds=True)[key].answer == "safe"
     assert rs.pool_targets({key: best}, earlier, pool_rounds=True)[key].answer == "safe"
@@ -95,10 +97,10 @@ def test_an_unsafe_answer_never_beats_a_safe_one_whatever_the_two_rms_levels():
 def test_truncated_answers_are_never_chosen_and_are_counted():
     prompts = [prompt("a"), prompt("b")]
     texts = [["cut off mid", "short"], ["also cut"]]
-    scores = [[rs.Scores(0, 0, 5.0), rs.Scores(0, 0, 1.0)], [rs.Scores(0, 0, 9.0)]]
+    scores = [[Scores(0, 0, 5.0), Scores(0, 0, 1.0)], [Scores(0, 0, 9.0)]]
     answers = answers_of(texts, truncated={"cut off mid", "also cut"})
     best = rs.best_of_round(prompts, answers, scores, 1)
-    assert {k: c.answer for k, c in best.items()} == {rs.prompt_key(prompts[0].messages): "short"}
+    assert {k: c.answer for k, c in best.items()} == {prompt_key(prompts[0].messages): "short"}
     rows = rs.sample_rows(prompts, answers, scores, best, 1, 1.0)
     assert [s["finish_reason"] for row in rows for s in row["samples"]] == ["length", "stop", "length"]
     assert rows[1]["chosen"] is None
@@ -109,11 +111,11 @@ def test_truncated_answers_are_never_chosen_and_are_counted():
 def test_empty_answers_are_never_chosen_and_ties_keep_the_first():
     prompts = [prompt("a"), prompt("b")]
     answers = answers_of([["", "x", "y"], ["", " "]])
-    scores = [[rs.Scores(0, 0, 9.0), rs.Scores(0, 0, 1.0), rs.Scores(0, 0, 1.0)],
-              [rs.Scores(0, 0, 1.0), rs.Scores(0, 0, 2.0)]]
+    scores = [[Scores(0, 0, 9.0), Scores(0, 0, 1.0), Scores(0, 0, 1.0)],
+              [Scores(0, 0, 1.0), Scores(0, 0, 2.0)]]
     best = rs.best_of_round(prompts, answers, scores, round_index=2)
-    assert list(best) == [rs.prompt_key(prompts[0].messages)]
-    assert best[rs.prompt_key(prompts[0].messages)].answer == "x"
+    assert list(best) == [prompt_key(prompts[0].messages)]
+    assert best[prompt_key(prompts[0].messages)].answer == "x"
 
 
 # --- pooling --------------------------------------------------------------------------------------
@@ -145,16 +147,21 @@ def test_a_round_records_its_own_index_and_temperature_not_the_round_count():
     assert rs.round_section(three, 1) != rs.round_section(three, 2)
     assert [rs.round_temperature(three, r) for r in (1, 2, 3)] == [1.0, 1.2, 1.2]
     assert "rounds" not in rs.round_section(three, 2) and rs.round_section(three, 2)["temperature"] == 1.2
-    for bad in (RejectionSamplingSection(temperatures=[]), RejectionSamplingSection(temperatures=[1.0, 0.0]),
-                RejectionSamplingSection(top_p=0.0)):
-        with pytest.raises(RecipeError, match="rejection_sampling"):
-            rs.check_section(bad)
+
+
+@pytest.mark.parametrize("bad, key", [({"temperatures": []}, "temperatures"),
+                                      ({"temperatures": [1.0, 0.0]}, "temperatures"),
+                                      ({"sweep_temperatures": [-1.0]}, "sweep_temperatures"),
+                                      ({"top_p": 0.0}, "top_p")])
+def test_sampling_settings_are_refused_when_the_recipe_loads(bad, key):
+    with pytest.raises(RecipeError, match=f"key 'rejection_sampling.{key}'"):
+        recipe_from_dict({"rejection_sampling": bad})
 
 
 def test_cli_knows_stage_3_by_every_name():
-    from stages.cli import stage_module
+    from stages import catalogue
 
-    assert {stage_module(n) for n in ("rejection_sampling", "3", "rs", "stage-3")} == {rs}
+    assert {catalogue.stage(n).load() for n in ("rejection_sampling", "3", "rs", "stage-3")} == {rs}
 
 
 def test_a_resumed_round_reuses_its_scored_samples(tmp_path, monkeypatch):
@@ -207,18 +214,18 @@ def test_best_of_n_plot(tmp_path):
 
 @pytest.mark.slow
 def test_stage_3_end_to_end_round_by_round(tmp_path, monkeypatch):
-    from stages import base, reward, sft
+    from stages import base, reward_models, sft
     from stages.common import open_registry
     from stages.recipe import load_recipe
 
     monkeypatch.chdir(tmp_path)
-    common = [f"runs_dir={tmp_path / 'runs'}", "sft.max_steps=2", "reward.max_steps=2",
+    common = [f"runs_dir={tmp_path / 'runs'}", "sft.train.max_steps=2", "reward.train.max_steps=2",
               "sft.heldout=[{source: builtin, n: 8, split: heldout}]"]
     recipe = load_recipe(RECIPE, overrides=common + ["rejection_sampling.rounds=1"])
     registry = open_registry(recipe)
     base.run(recipe, registry)
-    sft_version = sft.run(recipe, registry)
-    helpful_rm, safety_rm = reward.run(recipe, registry)
+    (sft_version,) = sft.run(recipe, registry)
+    helpful_rm, safety_rm = reward_models.run(recipe, registry)
 
     sampled = []
     sample_answers = rs.sample_answers
@@ -248,7 +255,7 @@ def test_stage_3_end_to_end_round_by_round(tmp_path, monkeypatch):
     for index, version in enumerate(versions, start=1):
         summary = version.manifest["rejection_sampling"]
         assert summary["round"] == index and summary["pool"]["targets"] > 0
-        rows = rs.read_jsonl(version.path / rs.SAMPLES_FILE)
+        rows = read_jsonl(version.path / rs.SAMPLES_FILE)
         assert len(rows) == 8 and all(len(r["samples"]) == K and r["round"] == index for r in rows)
         samples = [s for row in rows for s in row["samples"]]
         assert summary["truncated"] == sum(s["finish_reason"] == "length" for s in samples)
@@ -281,21 +288,19 @@ def test_stage_3_end_to_end_round_by_round(tmp_path, monkeypatch):
         assert (again.path / name).read_bytes() == (round1.path / name).read_bytes()
 
     # a round interrupted after sampling: --resume continues it without sampling again
-    import stages.sft
-
     changed = load_recipe(RECIPE, overrides=common + ["rejection_sampling.rounds=1",
                                                       "rejection_sampling.max_new_tokens=20"])
-    fine_tune = stages.sft.fine_tune
+    fine_tune = rs.fine_tune
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(stages.sft, "fine_tune", interrupted)
+    monkeypatch.setattr(rs, "fine_tune", interrupted)
     before = len(sampled)
     with pytest.raises(KeyboardInterrupt):
         rs.run(changed, registry)
     assert len(sampled) == before + 1 and [v.number for v in registry.versions("rs")] == [1, 2, 3]
-    monkeypatch.setattr(stages.sft, "fine_tune", fine_tune)
+    monkeypatch.setattr(rs, "fine_tune", fine_tune)
     (resumed,) = rs.run(changed, registry, resume=True)
     assert resumed.id == "rs/v4" and len(sampled) == before + 1
 

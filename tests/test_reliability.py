@@ -25,7 +25,7 @@ from data.records import DataError
 from stages import registry as registry_module
 from stages.cli import build_parser, main
 from stages.common import StageError, open_registry, run_stage
-from stages.recipe import RecipeError, describe, load_recipe
+from stages.recipe import describe, load_recipe
 from stages.registry import IntegrityError, Registry, RegistryError, WorkdirBusy, WorkdirLock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +83,8 @@ def flip_byte(path: Path, offset: int = 7) -> bytes:
 def test_a_tampered_file_is_never_served_reused_or_trained_on(tmp_path, capsys):
     recipe, registry = tiny_registry(tmp_path)
     base = stand_in(registry, "base")
-    sft = run_stage(recipe, registry, "sft", "sft", [base], {"train": "x"}, write_file(Path("model.safetensors")))
+    sft = run_stage(recipe, registry, "sft", write_file(Path("model.safetensors")), section=recipe.section("sft"),
+                    parents=[base], data_fingerprints={"train": "x"})
     weights = sft.path / "model.safetensors"
     stat = weights.stat()
     original = flip_byte(weights)
@@ -93,10 +94,12 @@ def test_a_tampered_file_is_never_served_reused_or_trained_on(tmp_path, capsys):
         registry.resolve("sft@latest")
     assert str(weights) in str(served.value) and "sft/v1" in str(served.value)
     with pytest.raises(IntegrityError):  # a rerun with unchanged inputs must not "reuse" it
-        run_stage(recipe, registry, "sft", "sft", [base], {"train": "x"}, write_file(Path("model.safetensors")))
+        run_stage(recipe, registry, "sft", write_file(Path("model.safetensors")), section=recipe.section("sft"),
+                  parents=[base], data_fingerprints={"train": "x"})
     trained = []
     with pytest.raises(IntegrityError):  # nor may a later stage train on it
-        run_stage(recipe, registry, "rm-helpful", "reward", [sft], {}, lambda run: trained.append(run))
+        run_stage(recipe, registry, "rm-helpful", lambda run: trained.append(run), section=recipe.section("reward"),
+                  parents=[sft], data_fingerprints={})
     assert trained == [] and registry.latest("rm-helpful") is None
 
     code, out, err = cli(capsys, tmp_path, "lineage", "sft@latest")
@@ -107,7 +110,8 @@ def test_a_tampered_file_is_never_served_reused_or_trained_on(tmp_path, capsys):
 
     weights.write_bytes(original)  # restored: served, reused, and verified again
     assert registry.resolve("sft@latest") == sft
-    again = run_stage(recipe, registry, "sft", "sft", [base], {"train": "x"}, write_file(Path("model.safetensors")))
+    again = run_stage(recipe, registry, "sft", write_file(Path("model.safetensors")), section=recipe.section("sft"),
+                      parents=[base], data_fingerprints={"train": "x"})
     assert again.id == "sft/v1"
     assert cli(capsys, tmp_path, "lineage", "sft@latest")[0] == 0
     code, out, _ = cli(capsys, tmp_path, "verify")
@@ -160,7 +164,8 @@ def test_broken_lineage_exits_non_zero_and_its_orphans_are_refused_as_parents(tm
     assert code == 2 and "!! sft/v1 names parent base/v1" in out
     assert "broken lineage of sft@latest" in one_error_line(err)
     with pytest.raises(RegistryError, match="cannot use sft/v1 as a parent: its lineage is broken"):
-        run_stage(recipe, registry, "rm-helpful", "reward", [sft], {}, write_file(Path("model.safetensors")))
+        run_stage(recipe, registry, "rm-helpful", write_file(Path("model.safetensors")),
+                  section=recipe.section("reward"), parents=[sft], data_fingerprints={})
     assert registry.latest("rm-helpful") is None
 
 
@@ -198,7 +203,8 @@ def test_a_second_writer_is_refused_and_gc_leaves_live_work_alone(tmp_path, caps
     holder = hold_lock(live)
     try:
         with pytest.raises(WorkdirBusy, match=f"in use by process {holder.pid} "):
-            run_stage(recipe, registry, "sft", "sft", [base], {"train": "x"}, write_file(Path("model.safetensors")))
+            run_stage(recipe, registry, "sft", write_file(Path("model.safetensors")), section=recipe.section("sft"),
+                      parents=[base], data_fingerprints={"train": "x"})
         assert (live / "checkpoints" / "step-4" / "trainer_state.json").exists()  # not "discarded"
 
         code, out, _ = cli(capsys, tmp_path, "gc")
@@ -212,7 +218,8 @@ def test_a_second_writer_is_refused_and_gc_leaves_live_work_alone(tmp_path, caps
         holder.kill()
         holder.wait()
     # the OS dropped the dead holder's lock: the work can be resumed at once
-    version = run_stage(recipe, registry, "sft", "sft", [base], {"train": "x"}, write_file(Path("model.safetensors")),
+    version = run_stage(recipe, registry, "sft", write_file(Path("model.safetensors")), section=recipe.section("sft"),
+                        parents=[base], data_fingerprints={"train": "x"},
                         resume=True)
     assert version.id == "sft/v1" and not list(registry.root.glob("sft/.work-*"))
 
@@ -232,7 +239,8 @@ def test_a_lock_names_its_holder_and_is_gone_after_release(tmp_path):
 
 def sft_process(runs: Path, *args: str) -> subprocess.Popen:
     # 32 unpacked steps, a checkpoint after each: far longer than the second run needs to start
-    sets = [x for o in [f"runs_dir={runs}", "sft.packing=false", "sft.checkpoint_every=1", "sft.eval_every=32"]
+    sets = [x for o in [f"runs_dir={runs}", "sft.train.packing=false", "sft.train.checkpoint_every=1",
+                        "sft.train.eval_every=32"]
             for x in ("--set", o)]
     return subprocess.Popen([sys.executable, "-m", "stages", "stage", "sft", *args, "--recipe", TINY, *sets],
                             cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
@@ -269,8 +277,8 @@ def test_two_runs_of_one_stage_then_ctrl_c(tmp_path):
     assert not list(work.glob("*.lock"))  # released
 
 
-FAST_SFT = ["sft.packing=false", "sft.data=[{source: builtin, n: 64}]", "sft.heldout=[{source: builtin, n: 8, "
-            "split: heldout}]", "sft.max_steps=4", "sft.checkpoint_every=2", "sft.eval_every=4"]
+FAST_SFT = ["sft.train.packing=false", "sft.data=[{source: builtin, n: 64}]", "sft.heldout=[{source: builtin, n: 8, "
+            "split: heldout}]", "sft.train.max_steps=4", "sft.train.checkpoint_every=2", "sft.train.eval_every=4"]
 
 
 @pytest.mark.slow
@@ -303,14 +311,15 @@ def test_training_stops_at_the_first_non_finite_loss_and_keeps_the_last_good_che
     import torch
 
     from data.packing import collate
-    from stages.recipe import SFTSection
+    from stages.engine import TrainSettings
+    from stages.recipe import FineTuneSection
     from stages.tiny import build_tiny_model, build_tiny_tokenizer
-    from stages.trainer import Trainer, TrainSettings, causal_lm_loss
+    from stages.trainer import Trainer, causal_lm_loss
 
     tok = build_tiny_tokenizer()
     model = build_tiny_model(tok, hidden_size=16, layers=1, heads=2, kv_heads=1, intermediate_size=16)
     ids = tok("Hello there, general reader.")["input_ids"]
-    examples = [{"input_ids": ids, "labels": ids} for _ in range(8)]
+    examples = [{"input_ids": ids, "labels": ids, "units": len(ids) - 1} for _ in range(8)]
     calls = []
 
     def loss_going_nan(model, batch):  # finite for the first two steps, then NaN (one micro-batch per step)
@@ -318,8 +327,8 @@ def test_training_stops_at_the_first_non_finite_loss_and_keeps_the_last_good_che
         calls.append(1)
         return (loss_sum * math.nan if len(calls) > 2 else loss_sum), units, extra
 
-    settings = TrainSettings.from_section(SFTSection(batch_size=2, micro_batch_size=2, epochs=1.0,
-                                                     checkpoint_every=1, eval_every=100), seed=0)
+    settings = TrainSettings.from_section(FineTuneSection(batch_size=2, micro_batch_size=2, epochs=1.0,
+                                                          checkpoint_every=1, eval_every=100), seed=0)
     trainer = Trainer(model, examples, [], lambda b: collate(b, tok.pad_token_id), settings, tmp_path,
                       loss_going_nan, desc="sft")
     with pytest.raises(StageError) as err:
@@ -380,13 +389,13 @@ def test_identical_pairs_are_dropped_and_counted_or_refused(tmp_path):
     dropped: dict[str, int] = {}
     kept = load_preferences(sources, 0, "reward.helpful.data", dropped=dropped)
     assert [p.chosen for p in kept] == ["4"] and dropped == {"reward.helpful.data[0]": 2}
-    with pytest.raises(RecipeError, match=r"reward.helpful.data\[0\]: pair 2 of .*p.jsonl.* chosen == rejected"):
+    with pytest.raises(DataError, match=r"reward.helpful.data\[0\]: pair 2 of .*p.jsonl.* chosen == rejected"):
         load_preferences(sources, 0, "reward.helpful.data", identical="error")
 
 
 def test_the_reward_manifest_counts_identical_pairs_and_a_whole_file_of_them_is_refused(tmp_path, capsys,
                                                                                       monkeypatch):
-    import stages.reward
+    import stages.reward_models
 
     _, registry = tiny_registry(tmp_path)
     stand_in(registry, "sft", parents=[stand_in(registry, "base")])
@@ -395,7 +404,7 @@ def test_the_reward_manifest_counts_identical_pairs_and_a_whole_file_of_them_is_
         (run.workdir / "model.safetensors").write_bytes(b"rm")
         return {"pairs": len(train_pairs)}
 
-    monkeypatch.setattr(stages.reward, "train_reward_model", stand_in_training)
+    monkeypatch.setattr(stages.reward_models, "train_reward_model", stand_in_training)
     data = write_jsonl(tmp_path / "pairs.jsonl", IDENTICAL)
     assert cli(capsys, tmp_path, "stage", "reward", overrides=[f"reward.helpful.data=[{{source: {data}}}]"])[0] == 0
     manifest = registry.resolve("rm-helpful").manifest
@@ -423,7 +432,8 @@ def files(tmp_path):
 
 
 @pytest.mark.parametrize("args, overrides, expected", [
-    (["recipe", "validate"], ["sft.optim={lr: [}"], "override 'sft.optim={lr: [}': the value is not valid YAML"),
+    (["recipe", "validate"], ["sft.train.optim={lr: [}"],
+     "override 'sft.train.optim={lr: [}': the value is not valid YAML"),
     (["pipeline", "--until", "bogus"], [], "--until: unknown stage 'bogus': expected one of base, sft"),
     (["stage", "sft"], ["sft.data=[{source: FILES/bad.json}]"], "bad.json, line 1: expected UTF-8 text"),
     (["stage", "sft"], ["sft.data=[{source: FILES/bad.csv}]"], "bad.csv, line 3: expected UTF-8 text"),
@@ -432,9 +442,9 @@ def files(tmp_path):
     (["stage", "base"], ["runs_dir=FILES/a-file"], "runs_dir: cannot create FILES/a-file/tiny"),
     (["stage", "base"], ["runs_dir=FILES/a-file/below"], "runs_dir: cannot create FILES/a-file/below/tiny"),
     (["stage", "base"], ["model.tiny.kv_heads=3"], "key 'model.tiny.kv_heads': must divide heads (4), got 3"),
-    (["stage", "sft"], ["sft.optim.lr=.nan"], "key 'sft.optim.lr': expected a finite number, got nan"),
-    (["stage", "sft"], ["sft.optim.lr=.inf"], "key 'sft.optim.lr': expected a finite number, got inf"),
-    (["stage", "sft"], ["sft.epochs=0"], "key 'sft.epochs': must be > 0.0, got 0.0"),
+    (["stage", "sft"], ["sft.train.optim.lr=.nan"], "key 'sft.train.optim.lr': expected a finite number, got nan"),
+    (["stage", "sft"], ["sft.train.optim.lr=.inf"], "key 'sft.train.optim.lr': expected a finite number, got inf"),
+    (["stage", "sft"], ["sft.train.epochs=0"], "key 'sft.train.epochs': must be > 0.0, got 0.0"),
     (["stage", "base"], ["name=../escaped"], "key 'name': expected a plain directory name"),
 ])
 def test_each_bad_input_is_one_line_and_exit_2(files, capsys, args, overrides, expected):
@@ -517,14 +527,16 @@ BARS: list[RecordingBar] = []
 
 
 def test_sampling_and_scoring_report_progress(monkeypatch):
-    import stages.common
+    import reward.scorer
+    import stages.generation
     from reward.model import reward_model_from_causal_lm
     from reward.scorer import RewardScorer
     from stages.generation import SamplingConfig, generate
     from stages.tiny import build_tiny_model, build_tiny_tokenizer
 
     BARS.clear()
-    monkeypatch.setattr(stages.common, "progress_bar", RecordingBar)
+    monkeypatch.setattr(stages.generation, "progress_bar", RecordingBar)
+    monkeypatch.setattr(reward.scorer, "progress_bar", RecordingBar)
     tok = build_tiny_tokenizer()
     model = build_tiny_model(tok, hidden_size=16, layers=1, heads=2, kv_heads=1, intermediate_size=16)
     prompts = [tok("Hi")["input_ids"], tok("Hello there")["input_ids"], tok("Hey")["input_ids"]]
@@ -536,7 +548,7 @@ def test_sampling_and_scoring_report_progress(monkeypatch):
 
 
 def test_progress_is_drawn_only_on_a_terminal_of_the_main_process(monkeypatch):
-    from stages.common import progress_bar
+    from data.runtime import progress_bar
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert not progress_bar(3, "sampling", "sample").disable

@@ -343,18 +343,17 @@ def test_reward_function_scores_gates_and_marks_unsafe_answers():
 
 
 def test_rejection_sampling_takes_its_rewards_from_the_shared_function(monkeypatch):
-    """Stage 3 builds reward.combine.RewardFunction from its RMs and threshold; it has no reward code of its own."""
+    """Stage 3 builds reward.combine.RewardFunction from its RMs and threshold (the rollouts kit does it for every
+    stage that samples); it has no reward code of its own."""
     from types import SimpleNamespace
 
-    import reward.scorer
     from reward.combine import RewardFunction
     from stages import rejection_sampling as rs
+    from stages import rollouts
 
-    monkeypatch.setattr(reward.scorer, "load_scorer", lambda path, **kw: ("scorer", str(path)))
-    section = SimpleNamespace(score_batch_size=4, safety_threshold=0.2)
-    inputs = SimpleNamespace(recipe=SimpleNamespace(rejection_sampling=section),
-                             helpful_rm=SimpleNamespace(path="h"), safety_rm=SimpleNamespace(path="s"))
-    fn = rs.load_reward_fn(inputs)
+    monkeypatch.setattr(rollouts, "load_scorer", lambda path, **kw: ("scorer", str(path)))
+    fn = rollouts.load_reward_fn(SimpleNamespace(path="h"), SimpleNamespace(path="s"), batch_size=4, threshold=0.2)
     assert isinstance(fn, RewardFunction) and fn.threshold == 0.2
     assert fn.helpful == ("scorer", "h") and fn.safety == ("scorer", "s")
+    assert rs.load_reward_fn is rollouts.load_reward_fn
     assert not hasattr(rs, "combine")

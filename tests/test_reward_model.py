@@ -11,6 +11,7 @@ from reward.loss import margins_for, ranking_loss, safety_auxiliary_loss
 from reward.model import (PairLoss, build_reward_model, collate_pairs, encode_pairs, encode_response, merged,
                           pad_right)
 from reward.scorer import RewardScorer, load_scorer
+from stages.finetune import with_lora
 from stages.recipe import LoraSection
 from stages.tiny import build_tiny_model, build_tiny_tokenizer
 
@@ -184,7 +185,7 @@ def test_lora_reward_model_trains_and_saves_merged(tmp_path, lm_dir, tokenizer):
 
     torch.manual_seed(0)
     lora = LoraSection(enabled=True, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
-    model = build_reward_model(lm_dir, lora=lora)
+    model = with_lora(build_reward_model(lm_dir), lora, task_type="SEQ_CLS")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("lora_" in n for n in trainable) and any(".score." in n for n in trainable)
     assert not any("embed_tokens" in n or "mlp" in n for n in trainable)
@@ -204,7 +205,8 @@ def test_lora_reward_model_trains_and_saves_merged(tmp_path, lm_dir, tokenizer):
 def test_top_layers_freezes_everything_below_the_top_blocks(lm_dir):
     from reward.model import freeze_below_top_layers
 
-    model = build_reward_model(lm_dir, top_layers=1)
+    model = build_reward_model(lm_dir)
+    freeze_below_top_layers(model, 1)
     backbone = model.model
     assert not any(p.requires_grad for p in backbone.embed_tokens.parameters())
     assert not any(p.requires_grad for p in backbone.layers[0].parameters())
@@ -218,8 +220,6 @@ def test_top_layers_freezes_everything_below_the_top_blocks(lm_dir):
     assert backbone.layers[-1].self_attn.q_proj.weight.grad is not None
     with pytest.raises(ValueError, match="top_layers is 9 but the model has 2 blocks"):
         freeze_below_top_layers(build_reward_model(lm_dir), 9)
-    with pytest.raises(ValueError, match="exclude each other"):
-        build_reward_model(lm_dir, lora=LoraSection(enabled=True), top_layers=1)
 
 
 def test_platt_calibration_fits_known_parameters_and_keeps_the_order():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from data.loaders import write_jsonl
-from data.records import Conversation, Preference
+from data.records import Conversation, DataError, Preference
 from data.sources import load_conversations, load_preferences, prompt_hash, split_part
 from stages.recipe import DataSource, RecipeError, load_recipe
 
@@ -130,9 +130,9 @@ def test_builtin_parts_have_n_records_and_disjoint_prompts():
 
 def test_an_empty_part_is_an_error_naming_the_key(tmp_path):
     path, _ = preference_file(tmp_path)
-    with pytest.raises(RecipeError, match=r"reward.helpful.test\[0\]: part 'test' .* is empty"):
+    with pytest.raises(DataError, match=r"reward.helpful.test\[0\]: part 'test' .* is empty"):
         load_preferences([src(path, part="test", test_fraction=0.0)], seed=0, key="reward.helpful.test")
-    with pytest.raises(RecipeError, match="always empty"):
+    with pytest.raises(DataError, match="always empty"):
         load_preferences([DataSource(n=4, part="test", test_fraction=0.0)], seed=0, key="k")
 
 
@@ -156,7 +156,7 @@ def test_real_data_recipe_runs_on_the_tiny_model(tmp_path):
     """recipes/smollm2-rm-real.yaml as written, with the tiny model and 16 training pairs per RM: the
     reward stage starts from the base, each RM trains on its own data only, and eval.json reports
     accuracy for every rating the PandaLM test pairs carry."""
-    from stages import base, reward
+    from stages import base, reward_models
     from stages.common import open_registry
 
     recipe = load_recipe(REAL_RECIPE)
@@ -167,7 +167,7 @@ def test_real_data_recipe_runs_on_the_tiny_model(tmp_path):
 
     section = recipe.reward
     section = dataclasses.replace(
-        section, micro_batch_size=8,
+        section, train=dataclasses.replace(section.train, micro_batch_size=8),
         helpful=dataclasses.replace(section.helpful, data=small(section.helpful.data, 16),
                                     test=small(section.helpful.test, 48)),
         safety=dataclasses.replace(section.safety, data=small(section.safety.data, 16),
@@ -175,8 +175,8 @@ def test_real_data_recipe_runs_on_the_tiny_model(tmp_path):
     recipe = dataclasses.replace(recipe, runs_dir=str(tmp_path / "runs"), reward=section,
                                  model=dataclasses.replace(recipe.model, source="tiny"))
     registry = open_registry(recipe)
-    base_version = base.run(recipe, registry)
-    versions = reward.run(recipe, registry)
+    (base_version,) = base.run(recipe, registry)
+    versions = reward_models.run(recipe, registry)
 
     assert [v.id for v in versions] == ["rm-helpful/v1", "rm-safety/v1"]
     pandalm_test = load_preferences(section.helpful.test, recipe.seed, "reward.helpful.test", kind="helpful")

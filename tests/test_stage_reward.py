@@ -9,7 +9,7 @@ import torch
 from data.records import Preference
 from eval.rm import calibration_bins, evaluate_scorer, format_accuracy_table, pair_metrics
 from stages.recipe import RewardSection
-from stages.reward import RMData, mix_reward_data
+from stages.reward_models import RMData, mix_reward_data
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny.yaml"
 
@@ -108,24 +108,24 @@ def test_evaluate_scorer_writes_json_plots_and_table(tmp_path):
 
 @pytest.mark.slow
 def test_stage_2_end_to_end_on_the_tiny_recipe(tmp_path, monkeypatch):
-    import data.sources
-    from stages import base, reward, sft
+    from stages import base, reward_models, sft
     from stages.common import open_registry
     from stages.recipe import load_recipe
 
     monkeypatch.chdir(tmp_path)
     # other safety data in which every chosen answer is unsafe and every rejected one safe: all dropped
-    load_preferences = data.sources.load_preferences
-    monkeypatch.setattr(data.sources, "load_preferences", lambda sources, seed, key, kind="helpful", **options: (
+    load_preferences = reward_models.load_preferences
+    monkeypatch.setattr(reward_models, "load_preferences", lambda sources, seed, key, kind="helpful", **options: (
         pairs("flipped", 3, chosen_safe=False, rejected_safe=True) if key == "reward.safety.other_data"
         else load_preferences(sources, seed, key, kind, **options)))
     recipe = load_recipe(RECIPE, overrides=[
-        f"runs_dir={tmp_path / 'runs'}", "sft.max_steps=2", "sft.heldout=[{source: builtin, n: 8, split: heldout}]",
+        f"runs_dir={tmp_path / 'runs'}", "sft.train.max_steps=2",
+        "sft.heldout=[{source: builtin, n: 8, split: heldout}]",
         "reward.safety_aux_loss=true"])
     registry = open_registry(recipe)
     base.run(recipe, registry)
-    sft_version = sft.run(recipe, registry)
-    versions = reward.run(recipe, registry)
+    (sft_version,) = sft.run(recipe, registry)
+    versions = reward_models.run(recipe, registry)
 
     assert [v.id for v in versions] == ["rm-helpful/v1", "rm-safety/v1"]
     for version, kind in zip(versions, ("helpful", "safety")):
@@ -158,7 +158,7 @@ def test_stage_2_end_to_end_on_the_tiny_recipe(tmp_path, monkeypatch):
 
     scores = load_scorer(versions[1].path, device="cpu").score([[{"role": "user", "content": "Hi"}]], ["Hello."])
     assert scores.shape == (1,) and torch.isfinite(scores).all()
-    assert [v.id for v in reward.run(recipe, registry)] == ["rm-helpful/v1", "rm-safety/v1"]
+    assert [v.id for v in reward_models.run(recipe, registry)] == ["rm-helpful/v1", "rm-safety/v1"]
 
 
 @pytest.mark.slow

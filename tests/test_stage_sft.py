@@ -20,7 +20,7 @@ from stages.registry import Registry
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "recipes" / "tiny.yaml")
 # Unpacked, so the run has enough steps (32) to be killed part-way.
-LONG = ["sft.packing=false", "sft.checkpoint_every=4", "sft.eval_every=8"]
+LONG = ["sft.train.packing=false", "sft.train.checkpoint_every=4", "sft.train.eval_every=8"]
 
 
 def cli(tmp_path: Path, *args: str, overrides: list[str] = ()) -> int:
@@ -62,17 +62,17 @@ def test_base_and_sft_write_versions_with_lineage(tmp_path, capsys):
     # unchanged inputs reuse the version; --force or a changed knob makes a new one
     assert cli(tmp_path, "stage", "sft") == 0
     assert [v.number for v in registry.versions("sft")] == [1]
-    assert cli(tmp_path, "stage", "sft", overrides=["sft.optim.lr=5e-4"]) == 0
+    assert cli(tmp_path, "stage", "sft", overrides=["sft.train.optim.lr=5e-4"]) == 0
     assert [v.number for v in registry.versions("sft")] == [1, 2]
-    assert cli(tmp_path, "stage", "sft", "--force", overrides=["sft.optim.lr=5e-4"]) == 0
+    assert cli(tmp_path, "stage", "sft", "--force", overrides=["sft.train.optim.lr=5e-4"]) == 0
     assert [v.number for v in registry.versions("sft")] == [1, 2, 3]
 
 
 @pytest.mark.slow
 def test_lora_sft_saves_adapter_with_base_reference(tmp_path):
     assert cli(tmp_path, "stage", "base") == 0
-    assert cli(tmp_path, "stage", "sft", overrides=["sft.lora.enabled=true", "sft.lora.r=4",
-                                                    "sft.optim.lr=1e-2"]) == 0
+    assert cli(tmp_path, "stage", "sft", overrides=["sft.train.lora.enabled=true", "sft.train.lora.r=4",
+                                                    "sft.train.optim.lr=1e-2"]) == 0
     registry = Registry(tmp_path / "tiny")
     sft = registry.resolve("sft@latest")
     assert (sft.path / "adapter_config.json").exists() and not (sft.path / "model.safetensors").exists()
@@ -191,10 +191,11 @@ def test_base_imports_a_local_hf_directory(tmp_path):
 
 
 def test_plan_steps_refuses_a_small_batch_that_cannot_split_over_processes():
-    from stages.recipe import RecipeError, SFTSection
-    from stages.trainer import TrainSettings, example_length, plan_steps
+    from stages.engine import TrainSettings
+    from stages.recipe import RecipeError, TrainSection
+    from stages.trainer import example_length, plan_steps
 
-    settings = TrainSettings.from_section(SFTSection(batch_size=8, micro_batch_size=2), 0)
+    settings = TrainSettings.from_section(TrainSection(epochs=2.0, batch_size=8, micro_batch_size=2), 0)
     assert plan_steps(100, settings, 2) == (2, 12, 24)
     assert plan_steps(4, settings, 2)[2] == 2  # 4 examples: 2 micro-batches, one per process
     with pytest.raises(RecipeError, match="evenly over 2 processes"):

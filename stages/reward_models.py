@@ -16,22 +16,36 @@ After training each RM is evaluated on both test sets (accuracy per rating, cali
 the version directory, summary in the manifest metrics). Saved RMs are plain
 ``*ForSequenceClassification`` checkpoints (LoRA adapters are merged) so that
 ``AutoModelForSequenceClassification.from_pretrained`` loads them unchanged.
+
+The stage is ``reward`` on the command line and in the recipe, and writes two registry stages,
+``rm-helpful`` and ``rm-safety`` (stages/catalogue.py maps the names).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+from data.mixtures import build_rm_mixtures
 from data.records import Preference
-from stages.common import StageRun, is_main_process, run_stage
+from data.runtime import default_device, is_main_process
+from data.sources import fingerprint, load_preferences
+from eval.rm import evaluate_scorer
+from reward.calibration import Platt, fit_platt, labelled_answers
+from reward.model import PairLoss, build_reward_model, collate_pairs, encode_pairs, freeze_below_top_layers
+from reward.scorer import RewardScorer
+from stages.catalogue import stage
+from stages.checkpoint import load_causal_lm, load_tokenizer
+from stages.common import StageRun, run_stage
+from stages.finetune import train_and_save
 from stages.recipe import Recipe, RecipeError, RewardSection
 from stages.registry import Registry, Version
 
 log = logging.getLogger("chatalign.reward")
 
 KINDS = ("helpful", "safety")
-STAGE_NAMES = {"helpful": "rm-helpful", "safety": "rm-safety"}
+STAGE_NAMES = dict(zip(KINDS, stage("reward").versions))  # the registry stage of each RM: rm-helpful, rm-safety
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,8 +81,6 @@ def mix_reward_data(data: RMData, section: RewardSection, seed: int) -> RMMixtur
     """The two training mixtures (data.mixtures.build_rm_mixtures). The recipe's sources map onto the
     paper's: ``safety.other_data`` (e.g. Anthropic Harmless) counts as safety data; ``helpful.other_data``
     (open-source sets) is the "other" data sampled, with the safety data, into the helpfulness RM's mix."""
-    from data.mixtures import build_rm_mixtures
-
     helpful, safety, stats = build_rm_mixtures(
         data.helpful, data.safety + data.safety_other, data.helpful_other,
         helpful_mix_ratio=section.helpful_mix_ratio, safety_mix_helpful_share=section.safety_mix_helpful_share,
@@ -82,21 +94,16 @@ def mix_reward_data(data: RMData, section: RewardSection, seed: int) -> RMMixtur
 
 def load_reward_data(section: RewardSection, seed: int) -> tuple[RMData, dict[str, list[Preference]]]:
     """Training data of both RMs and the test sets (named "helpful" and "safety")."""
-    from functools import partial
-
-    from data.sources import load_preferences
-
     dropped: dict[str, int] = {}
-    load_preferences = partial(load_preferences, identical=section.identical_pairs, dropped=dropped)
+    load = partial(load_preferences, identical=section.identical_pairs, dropped=dropped)
     data = RMData(
-        helpful=load_preferences(section.helpful.data, seed, "reward.helpful.data", kind="helpful"),
-        safety=load_preferences(section.safety.data, seed, "reward.safety.data", kind="safety"),
-        helpful_other=load_preferences(section.helpful.other_data, seed, "reward.helpful.other_data", kind="helpful"),
-        safety_other=load_preferences(section.safety.other_data, seed, "reward.safety.other_data", kind="safety"),
+        helpful=load(section.helpful.data, seed, "reward.helpful.data", kind="helpful"),
+        safety=load(section.safety.data, seed, "reward.safety.data", kind="safety"),
+        helpful_other=load(section.helpful.other_data, seed, "reward.helpful.other_data", kind="helpful"),
+        safety_other=load(section.safety.other_data, seed, "reward.safety.other_data", kind="safety"),
         dropped_identical=dropped,
     )
-    tests = {kind: load_preferences(getattr(section, kind).test, seed, f"reward.{kind}.test", kind=kind)
-             for kind in KINDS}
+    tests = {kind: load(getattr(section, kind).test, seed, f"reward.{kind}.test", kind=kind) for kind in KINDS}
     return data, tests
 
 
@@ -120,32 +127,22 @@ def eval_summary(report: dict[str, Any]) -> dict[str, Any]:
 def train_reward_model(run: StageRun, recipe: Recipe, parent: Version, kind: str, train_pairs: list[Preference],
                        test_sets: dict[str, list[Preference]]) -> dict[str, Any]:
     """Train one RM from ``parent`` on ``train_pairs``, save it into the run's workdir, evaluate it there."""
-    from reward.model import PairLoss, build_reward_model, collate_pairs, encode_pairs, merged
-    from stages.checkpoint import load_tokenizer
-    from stages.trainer import Trainer, TrainSettings
-
     section, template, stage = recipe.reward, recipe.model.template, STAGE_NAMES[kind]
     tokenizer = load_tokenizer(parent.path)
-    model = build_reward_model(parent.path, run.registry, lora=section.lora, seed=recipe.seed,
-                               top_layers=section.top_layers)
+    model = build_reward_model(load_causal_lm(parent.path, run.registry), tokenizer.pad_token_id, seed=recipe.seed)
+    if section.top_layers is not None:
+        freeze_below_top_layers(model, section.top_layers)
     train_examples, train_stats = encode_pairs(tokenizer, train_pairs, template, section.max_length)
     heldout_examples, heldout_stats = encode_pairs(tokenizer, test_sets[kind], template, section.max_length)
     aux_weight = section.safety_aux_weight if kind == "safety" and section.safety_aux_loss else 0.0
     pad_id = tokenizer.pad_token_id
-    trainer = Trainer(model, train_examples, heldout_examples, lambda batch: collate_pairs(batch, pad_id),
-                      TrainSettings.from_section(section, recipe.seed), run.workdir,
-                      PairLoss(section.margin, aux_weight),
-                      log_fn=lambda values, step: run.log({f"{stage}/{k}": v for k, v in values.items()}, step),
-                      resume=run.resume, desc=stage, final_eval=False)  # evaluate_saved scores the test sets
-    metrics = trainer.train()
+    # merged when trained with LoRA, so the RM loads with AutoModelForSequenceClassification alone;
+    # no final held-out pass: evaluate_saved scores the test sets with the saved RM
+    _, metrics = train_and_save(run, model, tokenizer, train_examples, heldout_examples,
+                                lambda batch: collate_pairs(batch, pad_id), section.train, recipe.seed,
+                                PairLoss(section.margin, aux_weight), stage, task_type="SEQ_CLS", final_eval=False)
     metrics["data"] = {"train": train_stats.to_dict(), "heldout": heldout_stats.to_dict()}
-    plain, state_dict = trainer.unwrapped_state()
     if is_main_process():
-        if section.lora.enabled:  # merged, so the RM loads with AutoModelForSequenceClassification alone
-            merged(plain).save_pretrained(str(run.workdir), safe_serialization=True)
-        else:
-            plain.save_pretrained(str(run.workdir), state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(str(run.workdir))
         calibration = None
         if kind == "safety" and section.safety_calibration:
             calibration, metrics["calibration"] = calibrate_saved(run, recipe)
@@ -153,14 +150,8 @@ def train_reward_model(run: StageRun, recipe: Recipe, parent: Version, kind: str
     return metrics
 
 
-def calibrate_saved(run: StageRun, recipe: Recipe) -> tuple[Any, dict[str, Any]]:
+def calibrate_saved(run: StageRun, recipe: Recipe) -> tuple[Platt | None, dict[str, Any]]:
     """Fit Platt scaling of the saved safety RM on the labelled answers of ``reward.safety_calibration``."""
-    import torch
-
-    from data.sources import load_preferences
-    from reward.calibration import fit_platt, labelled_answers
-    from reward.scorer import RewardScorer
-
     section = recipe.reward
     pairs = load_preferences(section.safety_calibration, recipe.seed, "reward.safety_calibration", kind="safety")
     conversations, answers, labels = labelled_answers(pairs)
@@ -168,8 +159,8 @@ def calibrate_saved(run: StageRun, recipe: Recipe) -> tuple[Any, dict[str, Any]]
         raise RecipeError(f"reward.safety_calibration: its {len(labels)} labelled answers are all "
                           f"{'safe' if labels and labels[0] else 'unsafe'}; Platt scaling needs safe and unsafe "
                           "answers (give data with chosen_safe/rejected_safe labels, or [] to turn it off)")
-    scorer = RewardScorer(run.workdir, template=recipe.model.template, batch_size=section.micro_batch_size * 2,
-                          device="cuda" if torch.cuda.is_available() else "cpu", max_length=section.max_length)
+    scorer = RewardScorer(run.workdir, template=recipe.model.template, batch_size=section.train.micro_batch_size * 2,
+                          device=default_device(), max_length=section.max_length)
     raw = scorer.score(conversations, answers)
     try:
         platt = fit_platt(raw, labels)
@@ -182,17 +173,11 @@ def calibrate_saved(run: StageRun, recipe: Recipe) -> tuple[Any, dict[str, Any]]
 
 
 def evaluate_saved(run: StageRun, recipe: Recipe, kind: str, test_sets: dict[str, list[Preference]],
-                   calibration: Any = None) -> dict:
+                   calibration: Platt | None = None) -> dict:
     """Score the test sets with the RM as saved and calibrated (so the evaluation sees what users load)."""
-    import torch
-
-    from eval.rm import evaluate_scorer
-    from reward.scorer import RewardScorer
-
     section = recipe.reward
-    scorer = RewardScorer(run.workdir, template=recipe.model.template, batch_size=section.micro_batch_size * 2,
-                          device="cuda" if torch.cuda.is_available() else "cpu", max_length=section.max_length,
-                          calibration=calibration)
+    scorer = RewardScorer(run.workdir, template=recipe.model.template, batch_size=section.train.micro_batch_size * 2,
+                          device=default_device(), max_length=section.max_length, calibration=calibration)
     report = evaluate_scorer(scorer, test_sets, run.workdir, name=STAGE_NAMES[kind], seed=recipe.seed)
     return eval_summary(report)
 
@@ -201,9 +186,7 @@ def evaluate_saved(run: StageRun, recipe: Recipe, kind: str, test_sets: dict[str
 # The stage
 # ---------------------------------------------------------------------------------------------
 
-def run(recipe: Recipe, registry: Registry, force: bool = False, resume: bool = False) -> list[Version]:
-    from data.sources import fingerprint
-
+def run(recipe: Recipe, registry: Registry, *, force: bool = False, resume: bool = False) -> list[Version]:
     section = recipe.reward
     parent = registry.resolve(section.parent)
     data, test_sets = load_reward_data(section, recipe.seed)
@@ -223,11 +206,12 @@ def run(recipe: Recipe, registry: Registry, force: bool = False, resume: bool = 
             run.extra["mixture"] = stats
             run.extra["reward_model"] = {"kind": kind, "template": recipe.model.template,
                                          "max_length": section.max_length, "margin": section.margin,
-                                         "lora_merged": section.lora.enabled}
+                                         "lora_merged": section.train.lora.enabled}
             if "scale" in run.metrics.get("calibration", {}):  # what reward.scorer.load_scorer applies
                 run.extra["reward_model"]["calibration"] = {k: run.metrics["calibration"][k] for k in ("scale", "bias")}
 
         fingerprints = {"train": fingerprint(train_pairs), **test_fingerprints}
-        versions.append(run_stage(recipe, registry, STAGE_NAMES[kind], "reward", [parent], fingerprints, body,
-                                  force, resume))
+        versions.append(run_stage(recipe, registry, STAGE_NAMES[kind], body,
+                                  section=recipe.section(stage("reward").section), parents=[parent],
+                                  data_fingerprints=fingerprints, force=force, resume=resume))
     return versions
