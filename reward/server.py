@@ -1048,6 +1048,13 @@ def read_api_key(key_file: Optional[str]) -> Optional[str]:
 
 def run_from_args(args: argparse.Namespace, helpful_dir: Path, safety_dir: Path, threshold: float) -> None:
     """`chatalign serve` once the CLI has resolved the two RMs to directories."""
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as err:
+        raise ServerConfigError(f"chatalign serve needs the 'serve' extra ({err.name} is missing): "
+                                "pip install 'chatalign[serve]'") from None
     settings = ServerSettings(
         host=args.host, port=args.port, api_key=read_api_key(args.api_key_file), cors_origins=args.cors_origins,
         max_items_per_request=args.max_items_per_request, max_tokens_per_item=args.max_tokens_per_item,

@@ -560,3 +560,43 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(strict_server):
             fuzz()
     assert max(statuses) < 500 and any(s == 200 for s in statuses) and any(400 <= s < 500 for s in statuses)
     assert strict_server.post("/v1/score", good()).status_code == 200
+
+
+@pytest.mark.slow
+def test_chatalign_serve_drains_and_exits_on_sigterm(rm_dirs, tmp_path):
+    """The CLI end to end: `chatalign serve` in its own process, real signals."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stages", "serve", "--recipe", str(root / "recipes" / "tiny.yaml"), "--set",
+         f"runs_dir={tmp_path}", "--helpful", str(rm_dirs[0]), "--safety", str(rm_dirs[1]), "--port", str(port),
+         "--device", "cpu", "--max-wait-ms", "1500", "--whiten", "validation"],
+        cwd=root, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with RewardClient(url) as client:
+            client.wait_ready(timeout_s=120)
+            results: list = []
+            threads = [threading.Thread(target=lambda i=i: results.append(
+                client.score(score_items()[i:i + 1]))) for i in range(2)]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 20
+            while "chatalign_queue_items 2.0" not in httpx.get(f"{url}/metrics").text:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            process.send_signal(signal.SIGTERM)
+            for t in threads:
+                t.join(30)
+        assert [len(r) for r in results] == [1, 1]
+        assert all(r[0]["reward_whitened"] is not None for r in results)
+        # uvicorn re-raises the signal once it has drained: the process ends as SIGTERM ends it
+        assert process.wait(60) == -signal.SIGTERM
+    finally:
+        if process.poll() is None:
+            process.kill()
