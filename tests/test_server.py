@@ -269,7 +269,7 @@ def wait_for_queue(running: Running, items: int) -> None:
 
 
 def test_a_full_queue_answers_503_with_retry_after(models):
-    with Running(models, max_queue_items=4, max_items_per_request=4, max_wait_ms=1500) as running:
+    with Running(models, max_queue_items=4, max_items_per_request=4, max_wait_ms=3000) as running:
         first: list = []
         waiting = threading.Thread(target=lambda: first.append(running.post("/v1/score", {"items": score_items()})))
         waiting.start()
@@ -290,13 +290,16 @@ def test_a_full_queue_answers_503_with_retry_after(models):
 
 
 def test_a_request_that_waits_too_long_times_out(models):
-    with Running(models, max_wait_ms=3000, request_timeout_s=0.5) as running:
+    with Running(models, max_wait_ms=1500, request_timeout_s=0.3) as running:
         response = running.post("/v1/score", {"items": score_items()[:1]})
         assert response.status_code == 504
         assert "request timeout" in response.json()["detail"]
-        time.sleep(3)  # the worker reaches the abandoned item, drops it, and goes on serving
-        assert running.metric("chatalign_queue_items") == 0
+        deadline = time.monotonic() + 20  # the worker reaches the abandoned item and drops it unscored
+        while running.metric("chatalign_queue_items") > 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         assert running.metric("chatalign_batch_requests_count") == 0
+        assert running.metric("chatalign_items_scored_total") == 0
 
 
 # --- bad input -----------------------------------------------------------------------------------
