@@ -166,10 +166,18 @@ def run(args, name: str, extra: list[str], items: list[dict]) -> dict:
 
 
 def machine() -> str:
+    """CPU model and core count (plus the GPU, if there is one), and torch, for the record."""
     import torch
 
-    out = f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} cores, torch " \
-          f"{torch.__version__} ({torch.get_num_threads()} threads)"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     if torch.cuda.is_available():
         out += f", GPU {torch.cuda.get_device_name(0)}"
     return out

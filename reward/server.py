@@ -298,7 +298,7 @@ def load_models(helpful_dir: Path, safety_dir: Path, threshold: float = 0.15, de
 
 
 class RejectedInput(Exception):
-    """An input the API refuses (4xx): HTTP status and a message naming the item and the fix."""
+    """A request the API refuses (4xx) or gives up on (504): HTTP status and a message saying what to do."""
 
     def __init__(self, status: int, detail: str):
         super().__init__(detail)
@@ -728,6 +728,8 @@ class Guard:
         except json.JSONDecodeError as err:
             return await _send_error(scope, send, 400, f"the body is not JSON: {err.msg} at line {err.lineno}, "
                                                        f"column {err.colno}")
+        except ValueError as err:  # e.g. an integer of more digits than Python converts
+            return await _send_error(scope, send, 400, f"the body's JSON cannot be read: {err}")
         except RecursionError:
             return await _send_error(scope, send, 400, "the body's JSON is nested too deeply")
         replayed = False
@@ -770,8 +772,7 @@ async def _send_error(scope: dict, send: Callable, status: int, detail: str,
     body = json.dumps({"detail": detail}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-    if status in (408, 413):  # the rest of the body was not read: the connection cannot be reused
-        raw.append((b"connection", b"close"))
+    raw.append((b"connection", b"close"))  # the body may be partly unread: this connection cannot be reused
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
