@@ -104,7 +104,7 @@ class RewardClient:
     def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         import httpx
 
-        problem = ""
+        problem, wait = "", 0.0
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(wait)

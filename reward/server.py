@@ -204,7 +204,8 @@ class RemoteRMRequest(BaseModel):
         for name in ("prompts", "labels"):
             values = getattr(self, name)
             if values is not None and len(values) != len(self.query):
-                raise ValueError(f"{name} has {len(values)} entries but query has {len(self.query)}: give one per query")
+                raise ValueError(f"{name} has {len(values)} entries but query has {len(self.query)}: "
+                                 "give one per query")
         return self
 
 
@@ -716,8 +717,8 @@ class Guard:
         except _ClientGone:
             return
         except asyncio.TimeoutError:
-            return await _send_error(scope, send, 408, f"the body did not arrive within {self.settings.request_timeout_s}"
-                                                       " s")
+            return await _send_error(scope, send, 408, "the body did not arrive within "
+                                                       f"{self.settings.request_timeout_s} s")
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as err:
@@ -1011,7 +1012,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--whiten-mean", type=float, default=None)
     parser.add_argument("--whiten-std", type=float, default=None)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--host", default=d.host, help=f"address to bind (default {d.host}; any other needs an API key)")
+    parser.add_argument("--host", default=d.host,
+                        help=f"address to bind (default {d.host}; any other needs an API key)")
     parser.add_argument("--port", type=int, default=d.port)
     parser.add_argument("--api-key-file", default=None,
                         help=f"file holding the bearer token clients must send (or set ${API_KEY_ENV})")
@@ -1049,13 +1051,12 @@ def read_api_key(key_file: Optional[str]) -> Optional[str]:
 
 def run_from_args(args: argparse.Namespace, helpful_dir: Path, safety_dir: Path, threshold: float) -> None:
     """`chatalign serve` once the CLI has resolved the two RMs to directories."""
-    try:
-        import fastapi  # noqa: F401
-        import prometheus_client  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as err:
-        raise ServerConfigError(f"chatalign serve needs the 'serve' extra ({err.name} is missing): "
-                                "pip install 'chatalign[serve]'") from None
+    from importlib.util import find_spec
+
+    missing = [name for name in ("fastapi", "uvicorn", "prometheus_client") if find_spec(name) is None]
+    if missing:
+        raise ServerConfigError(f"chatalign serve needs the 'serve' extra ({', '.join(missing)} missing): "
+                                "pip install 'chatalign[serve]'")
     settings = ServerSettings(
         host=args.host, port=args.port, api_key=read_api_key(args.api_key_file), cors_origins=args.cors_origins,
         max_items_per_request=args.max_items_per_request, max_tokens_per_item=args.max_tokens_per_item,

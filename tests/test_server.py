@@ -4,7 +4,6 @@ a full queue answers 503 with Retry-After, malformed input gets a 4xx naming the
 enforced off loopback, shutdown drains what is in flight, and the Python client and its TRL reward
 function score through it."""
 import json
-import math
 import signal
 import socket
 import threading
@@ -384,7 +383,8 @@ def test_oversized_bodies_and_other_content_types_are_refused(strict_server):
         for _ in range(300):
             yield b" " * 1000
 
-    response = httpx.post(f"{strict_server.url}/v1/score", content=chunks(), headers={"content-type": "application/json"})
+    response = httpx.post(f"{strict_server.url}/v1/score", content=chunks(),
+                          headers={"content-type": "application/json"})
     assert response.status_code == 413
     response = strict_server.post("/v1/score", content=b"items=1",
                                   headers={"content-type": "application/x-www-form-urlencoded"})
