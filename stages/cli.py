@@ -1,4 +1,4 @@
-"""`chatalign <stage|pipeline|eval|lineage|verify|gc|path|recipe> …` (also `python -m stages …`).
+"""`chatalign <stage|pipeline|eval|serve|lineage|verify|gc|path|recipe> …` (also `python -m stages …`).
 
 Every error a user can act on is one line on stderr and exit code 2; Ctrl-C is exit code 130 with
 where to --resume.
@@ -12,6 +12,8 @@ import sys
 from data.records import DataError
 from stages import catalogue
 from stages.common import StageError, open_registry, setup_logging
+from reward.server import ServerConfigError
+from reward.server import add_arguments as add_server_arguments
 from stages.recipe import RecipeError, describe, dump_recipe, load_recipe
 from stages.registry import IntegrityError, Registry, RegistryError
 
@@ -51,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="report path (default <runs_dir>/<recipe>/real_eval.json)")
     p.add_argument("--no-rm", dest="rms", action="store_false", help="policies only: skip the RMs' pair accuracy")
 
+    p = sub.add_parser("serve", help="the reward-model scoring HTTP API (docs/SERVER.md)")
+    recipe_args(p)
+    add_server_arguments(p)
+
     p = sub.add_parser("lineage", help="print a version's chain back to the base")
     p.add_argument("ref", help="e.g. sft@latest, sft@v2")
     recipe_args(p)
@@ -78,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         return run_command(args)
-    except (RecipeError, RegistryError, DataError, StageError) as err:
+    except (RecipeError, RegistryError, DataError, StageError, ServerConfigError) as err:
         print(one_line(f"error: {err}"), file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt as interrupt:
@@ -116,6 +122,12 @@ def run_command(args: argparse.Namespace) -> int:
         evaluate_real(recipe, registry, args.real_data, args.refs, args.limit, args.max_new_tokens, out=args.out,
                       rms=args.rms)
         return 0
+    if args.command == "serve":
+        from reward.server import run_from_args
+
+        threshold = recipe.rejection_sampling.safety_threshold if args.threshold is None else args.threshold
+        run_from_args(args, version_dir(registry, args.helpful), version_dir(registry, args.safety), threshold)
+        return 0
     if args.command == "verify":
         return verify(registry, args.refs)
     if args.command == "gc":
@@ -132,6 +144,13 @@ def run_command(args: argparse.Namespace) -> int:
                 print(json.dumps({"stage": entry.name, "version": version.ref, "path": str(version.path)}))
         return 0
     return 1
+
+
+def version_dir(registry, ref_or_dir: str):
+    """A registry ref (rm-helpful@latest) or a checkpoint directory, as a directory."""
+    from pathlib import Path
+
+    return Path(ref_or_dir) if Path(ref_or_dir).is_dir() else registry.resolve(ref_or_dir).path
 
 
 def verify(registry: Registry, refs: list[str]) -> int:
