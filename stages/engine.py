@@ -160,9 +160,11 @@ class TrainEngine:
     """A model prepared for training (``self.model``, ``self.optimizer``, ``self.accelerator``), stepped by a loop."""
 
     def __init__(self, model: Any, settings: TrainSettings, total_steps: int, grad_accum: int, workdir: Path,
-                 desc: str = "train"):
+                 desc: str = "train", checkpoints: str = "checkpoints"):
+        """``checkpoints``: the folder of ``workdir`` this engine checkpoints into (a loop that trains two models,
+        as PPO's policy and critic, gives each engine its own)."""
         self.settings, self.total_steps, self.grad_accum, self.desc = settings, total_steps, grad_accum, desc
-        self.ckpt_dir = Path(workdir) / "checkpoints"
+        self.ckpt_dir = Path(workdir) / checkpoints
         self.accelerator = make_accelerator(settings, grad_accum)
         if settings.gradient_checkpointing:
             model.gradient_checkpointing_enable()
