@@ -387,7 +387,8 @@ class PPOLoop:
             advantages = (advantages - mean) / (std + 1e-8) * mask
         for j, row in enumerate(rows):
             n = row.response_len
-            row.values.update({"advantages": advantages[j, :n], "returns": returns[j, :n]})
+            row.values.update({"rewards": token_rewards[j, :n], "advantages": advantages[j, :n],
+                               "returns": returns[j, :n]})
         stats = {"reward_sum": float(rewards.combined.sum()), "helpful_sum": float(rewards.helpful.sum()),
                  "safety_sum": float(rewards.safety.sum()), "gated_sum": float(rewards.unsafe.sum()),
                  "kl_sum": float(kl.sum()), "truncated_sum": float(sum(truncated)),
