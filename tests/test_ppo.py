@@ -369,3 +369,70 @@ def test_lora_ppo_commits_an_adapter_on_its_starting_policy_and_a_kl_blow_up_sto
                  "ppo.train.optim.lr=0.05", "--force"]) == 2
     err = capsys.readouterr().err
     assert "ppo: stopped at iteration" in err and "kl_stop" in err and "checkpoint" in err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Several processes (gloo on CPU): the first update equals one process's on the same global batch
+
+ONE_UPDATE = ["ppo.iterations=1", "ppo.rollout_batch_size=4", "ppo.train.batch_size=4", "ppo.train.micro_batch_size=2",
+              "ppo.heldout_prompts=[]"]
+
+
+def launch_ppo(command: list[str], root: Path) -> None:
+    sets = [x for o in [f"runs_dir={root}", *PPO_FROM_SFT, *ONE_UPDATE] for x in ("--set", o)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*command, "-m", "stages", "stage", "ppo", "--recipe", TINY, *sets], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+def assert_same_update(root: Path, single: Path) -> None:
+    """Weights that differ from the one-process run by a small share of what the update changed (Adam turns
+    reduction-order noise into a share of lr; a missing all-reduce or a wrong shard moves them by tens of %)."""
+    from stages.registry import Registry
+
+    mine = load_file(str(Registry(root / "tiny").resolve("ppo@latest").path / "model.safetensors"))
+    one = load_file(str(Registry(single / "tiny").resolve("ppo@latest").path / "model.safetensors"))
+    start = load_file(str(Registry(single / "tiny").resolve("sft@latest").path / "model.safetensors"))
+    drift = sum(float(((mine[n] - one[n]) ** 2).sum()) for n in one) ** 0.5
+    update = sum(float(((one[n] - start[n]) ** 2).sum()) for n in one) ** 0.5
+    assert update > 0 and drift < 0.05 * update, f"weights differ by {drift / update:.1%} of the update"
+    a = Registry(root / "tiny").resolve("ppo@latest").manifest["metrics"]["history"][0]
+    b = Registry(single / "tiny").resolve("ppo@latest").manifest["metrics"]["history"][0]
+    for key in ("reward_mean", "kl", "answer_length", "value_loss", "policy_loss"):
+        assert a[key] == pytest.approx(b[key], abs=1e-4), key
+
+
+@pytest.fixture(scope="module")
+def single_update(rms, tmp_path_factory) -> Path:
+    import shutil
+
+    root = tmp_path_factory.mktemp("ppo-one-process")
+    shutil.copytree(rms, root, dirs_exist_ok=True)
+    launch_ppo([sys.executable], root)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_two_processes_first_update_matches_one(rms, single_update, tmp_path):
+    import shutil
+
+    shutil.copytree(rms, tmp_path / "ddp")
+    launch_ppo([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2"], tmp_path / "ddp")
+    assert_same_update(tmp_path / "ddp", single_update)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_deepspeed_zero2_two_processes_first_update_matches_one(rms, single_update, tmp_path):
+    import shutil
+
+    pytest.importorskip("deepspeed")
+    accelerate = Path(sys.executable).parent / "accelerate"
+    if not accelerate.exists():
+        pytest.skip("accelerate CLI not installed")
+    shutil.copytree(rms, tmp_path / "zero2")
+    launch_ppo([str(accelerate), "launch", "--config_file", str(ROOT / "recipes" / "accelerate" / "cpu-zero2.yaml")],
+               tmp_path / "zero2")
+    assert_same_update(tmp_path / "zero2", single_update)
