@@ -549,13 +549,18 @@ class PPOLoop:
                 t_sampled = time.time()
                 forward = self.score_forward(rows)
                 stats = self.make_rewards(rows, iteration)
+                (kl_sum, answers_sum) = self.sum_all(stats["kl_sum"], stats["answers"])
+                if not math.isfinite(kl_sum) or kl_sum / answers_sum > section.kl_stop:
+                    self.stop(iteration, f"the mean KL to the reference per answer is {kl_sum / answers_sum:.3g} "
+                                         f"nats, above kl_stop ({section.kl_stop:g}), before this iteration's update")
                 steps_done, update = self.update(rows, iteration, steps_done)
                 t_done = time.time()
                 sums = self.sum_all(stats["reward_sum"], stats["helpful_sum"], stats["safety_sum"],
                                     stats["gated_sum"], stats["kl_sum"], stats["truncated_sum"], stats["length_sum"],
                                     stats["answers"], forward["entropy_sum"], forward["tokens"], stats["score_sum"])
                 (reward, helpful, safety, gated, kl, truncated, length, answers, entropy, tokens, score) = sums
-                record = {"iteration": iteration + 1, "reward_mean": reward / answers, "helpful_mean": helpful / answers,
+                record = {"iteration": iteration + 1, "reward_mean": reward / answers,
+                          "helpful_mean": helpful / answers,
                           "safety_mean": safety / answers, "gated_rate": gated / answers, "kl": kl / answers,
                           "beta": self.kl.beta, "entropy": entropy / max(tokens, 1), "answer_length": length / answers,
                           "truncated_rate": truncated / answers, "whitened_score_mean": score / answers,
@@ -564,9 +569,6 @@ class PPOLoop:
                           "rollout_s": round(t_sampled - t0, 2), "update_s": round(t_done - t_sampled, 2),
                           "tokens_per_s": length / max(t_sampled - t0, 1e-9),
                           "samples_per_s": answers / max(t_done - t0, 1e-9)}
-                if not math.isfinite(record["kl"]) or record["kl"] > section.kl_stop:
-                    self.stop(iteration, f"the mean KL to the reference per answer is {record['kl']:.3g} nats, above "
-                                         f"kl_stop ({section.kl_stop:g})")
                 self.kl.update(record["kl"], int(answers))
                 done = iteration + 1
                 if self.heldout and (done % settings.eval_every == 0 or done == section.iterations):
@@ -590,7 +592,7 @@ class PPOLoop:
                                 vloss=f"{record['value_loss']:.3f}", clip=f"{record['clip_fraction']:.2f}")
                 bar.update(1)
                 if done % settings.checkpoint_every == 0 and done < section.iterations and not stopped_early:
-                    self.save(done, {"history": history, "evals": [strip(e) for e in evals], "best": best,
+                    self.save(done, {"history": history, "evals": evals, "best": best,
                                      "patience_left": patience_left, "steps_done": steps_done,
                                      "stopped_early": stopped_early})
         finally:

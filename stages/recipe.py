@@ -317,7 +317,8 @@ class PPOSection:
         -2.0, "whitened score given instead of the RMs' to an answer cut at max_new_tokens without an end of "
               "turn (in standard deviations of the whitened reward); null = score it like any other")
     kl_coef: float = knob(0.01, "β of the per-token KL penalty (paper: 0.01 for 7B/13B, 0.005 for 34B/70B)", min=0.0)
-    kl_estimator: Literal["k1", "k3"] = knob("k1", "per-token KL estimate: k1 = log π_θ - log π_0, k3 = r - 1 - log r")
+    kl_estimator: Literal["k1", "k3"] = knob("k1", "per-token KL estimate: k1 = log π_θ - log π_0, "
+                                                   "k3 = r - 1 - log r")
     adaptive_kl: bool = knob(False, "adapt β towards kl_target (Ziegler et al. 2019); false = fixed β")
     kl_target: float = knob(6.0, "target KL per answer of the adaptive controller", "nats", above=0.0)
     kl_horizon: int = knob(10000, "horizon of the adaptive controller", "answers", min=1)
