@@ -362,7 +362,7 @@ def test_lora_ppo_commits_an_adapter_on_its_starting_policy_and_a_kl_blow_up_sto
     assert is_adapter(version.path)
     assert json.loads((version.path / "base_ref.json").read_text())["id"] == "sft/v1"
     load_causal_lm(version.path, Registry(root / "tiny"))
-    assert version.manifest["extra"]["ppo"]["reference"] == "sft/v1 (adapter off)"
+    assert version.manifest["ppo"]["reference"] == "sft/v1 (adapter off)"
 
     capsys.readouterr()
     assert main(["stage", "ppo", "--recipe", TINY, *args, "--set", "ppo.kl_stop=1e-9", "--set",
