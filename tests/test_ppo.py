@@ -374,8 +374,12 @@ def test_lora_ppo_commits_an_adapter_on_its_starting_policy_and_a_kl_blow_up_sto
 # ---------------------------------------------------------------------------------------------------------
 # Several processes (gloo on CPU): the first update equals one process's on the same global batch
 
+# One update on the same global batch. Adam's first step is lr·sign(g) at the usual eps, so reduction-order noise in
+# near-zero gradients flips whole ±lr steps; with eps = 1 the first step is ≈ lr·g, and the weights compare the
+# gradients themselves.
 ONE_UPDATE = ["ppo.iterations=1", "ppo.rollout_batch_size=4", "ppo.train.batch_size=4", "ppo.train.micro_batch_size=2",
-              "ppo.heldout_prompts=[]"]
+              "ppo.heldout_prompts=[]", "ppo.train.optim.eps=1.0", "ppo.train.optim.lr=0.01",
+              "ppo.critic.optim.eps=1.0"]
 
 
 def launch_ppo(command: list[str], root: Path) -> None:
@@ -387,8 +391,8 @@ def launch_ppo(command: list[str], root: Path) -> None:
 
 
 def assert_same_update(root: Path, single: Path) -> None:
-    """Weights that differ from the one-process run by a small share of what the update changed (Adam turns
-    reduction-order noise into a share of lr; a missing all-reduce or a wrong shard moves them by tens of %)."""
+    """Weights that differ from the one-process run by a small share of what the update changed (a missing
+    all-reduce, a wrong shard or a per-process loss scale moves them by tens of %)."""
     from stages.registry import Registry
 
     mine = load_file(str(Registry(root / "tiny").resolve("ppo@latest").path / "model.safetensors"))
