@@ -89,5 +89,5 @@ def plot_best_of_n(curves: Mapping[str, Mapping[str, Any]], path: str | Path, ti
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(str(path), dpi=100)
+    fig.savefig(path if hasattr(path, "write") else str(path), format="png", dpi=100)
     plt.close(fig)

@@ -145,7 +145,7 @@ def plot_calibration(results: Mapping[str, Mapping[str, Any]], path: str | Path,
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(str(path), dpi=100)
+    fig.savefig(path if hasattr(path, "write") else str(path), format="png", dpi=100)
     plt.close(fig)
 
 
@@ -165,7 +165,7 @@ def plot_score_histograms(raw: Mapping[str, Mapping[str, list[float]]], path: st
     axes[0][0].set_ylabel("answers")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(str(path), dpi=100)
+    fig.savefig(path if hasattr(path, "write") else str(path), format="png", dpi=100)
     plt.close(fig)
 
 
