@@ -129,8 +129,9 @@ def _pyplot():
     return plt
 
 
-def plot_calibration(results: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "") -> None:
-    """Empirical rate at which the first answer is preferred against σ(score difference), per test set."""
+def plot_calibration(results: Mapping[str, Mapping[str, Any]], path: Any, title: str = "") -> None:
+    """Empirical rate at which the first answer is preferred against σ(score difference), per test set;
+    ``path`` is a file name or a binary file object."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")

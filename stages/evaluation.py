@@ -112,6 +112,7 @@ def evaluate_real(recipe: Recipe, registry: Registry, root: str, refs: list[str]
 
 SUITE_FILE = "eval.json"
 RM_PREFIX = "rm-"
+KL_BATCH = 8  # answers per forward pass of the KL computation
 
 
 def stage_order(registry: Registry) -> list[str]:
@@ -160,18 +161,32 @@ def answers_and_kl(model: Any, tokenizer: Any, reference: Any, prompts: list[Con
     ids = [render_prompt(tokenizer, p.messages, template).input_ids for p in prompts]
     cfg = SamplingConfig(num_samples=1, temperature=0.0, max_new_tokens=max_new_tokens, batch_size=batch_size)
     completions = [samples[0] for samples in generate(model, tokenizer, ids, cfg)]
+    texts = [c.text for c in completions]
+    if reference is None:
+        return texts, []
     kls: list[tuple[float, int]] = []
     device = next(model.parameters()).device
-    for prompt_ids, completion in zip(ids if reference is not None else [], completions):
-        if not completion.token_ids:
-            kls.append((0.0, 0))
-            continue
-        full = torch.tensor([list(prompt_ids) + list(completion.token_ids)], device=device)
-        start = len(prompt_ids) - 1
-        log_p = torch.log_softmax(model(full).logits[0, start:-1].float(), -1)
-        log_q = torch.log_softmax(reference(full).logits[0, start:-1].float(), -1)
-        kls.append((float((log_p.exp() * (log_p - log_q)).sum()), len(completion.token_ids)))
-    return [c.text for c in completions], kls
+    sequences = [(list(p), list(c.token_ids)) for p, c in zip(ids, completions)]
+    for start in range(0, len(sequences), KL_BATCH):
+        batch = sequences[start:start + KL_BATCH]
+        width = max(len(p) + len(a) for p, a in batch)
+        tokens = torch.zeros(len(batch), width, dtype=torch.long)  # right-padded: positions stay 0..n-1
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for row, (p, a) in enumerate(batch):
+            tokens[row, :len(p) + len(a)] = torch.tensor(p + a)
+            mask[row, :len(p) + len(a)] = 1
+        tokens, mask = tokens.to(device), mask.to(device)
+        logits_p = model(input_ids=tokens, attention_mask=mask).logits
+        logits_q = reference(input_ids=tokens, attention_mask=mask).logits
+        for row, (p, a) in enumerate(batch):
+            if not a:
+                kls.append((0.0, 0))
+                continue
+            span = slice(len(p) - 1, len(p) + len(a) - 1)  # the positions that predict the answer's tokens
+            log_p = torch.log_softmax(logits_p[row, span].float(), -1)
+            log_q = torch.log_softmax(logits_q[row, span].float(), -1)
+            kls.append((float((log_p.exp() * (log_p - log_q)).sum()), len(a)))
+    return texts, kls
 
 
 def _fingerprint(value: Any) -> str:

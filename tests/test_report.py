@@ -185,3 +185,23 @@ def test_pipeline_ends_with_the_suite_and_a_report_that_opens_in_chromium(tiny_r
     if NO_BROWSER:
         pytest.skip(f"the report was built but not opened in a browser: {NO_BROWSER}")
     assert_opens_cleanly(root / REPORT_HTML, figures=len(report.figures))
+
+
+def test_kl_to_the_reference_is_exact_per_answer_whatever_the_batching():
+    """The batched (right-padded) KL equals each answer's own forward pass; the KL to itself is zero."""
+    from data.builtin import prompts as builtin_prompts
+    from stages import evaluation
+    from stages.tiny import build_tiny_model, build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    policy, reference = build_tiny_model(tok, seed=1).eval(), build_tiny_model(tok, seed=2).eval()
+    conversations = builtin_prompts(split="heldout", n=5, seed=0)
+    texts, kls = evaluation.answers_and_kl(policy, tok, reference, conversations, "model", 12, 4)
+    assert len(texts) == len(kls) == 5 and all(n > 0 and kl > 0 for kl, n in kls)
+    _, same = evaluation.answers_and_kl(policy, tok, policy, conversations, "model", 12, 4)
+    assert all(abs(kl) < 1e-5 for kl, _ in same)
+    one_by_one = []  # one answer per forward pass: no padding
+    for conversation in conversations:
+        one_by_one += evaluation.answers_and_kl(policy, tok, reference, [conversation], "model", 12, 1)[1]
+    assert [n for _, n in one_by_one] == [n for _, n in kls]
+    assert [kl for kl, _ in one_by_one] == pytest.approx([kl for kl, _ in kls], rel=1e-4, abs=1e-6)
