@@ -167,8 +167,11 @@ def run_command(args: argparse.Namespace) -> int:
         for entry in catalogue.until(args.until):
             for version in entry.load().run(recipe, registry, force=args.force, resume=args.resume):
                 print(json.dumps({"stage": entry.name, "version": version.ref, "path": str(version.path)}))
+        from data.runtime import is_main_process
         from stages.evaluation import evaluate_run, write_run_report
 
+        if not is_main_process():  # under torchrun / accelerate the first process evaluates and reports
+            return 0
         if args.evaluate and recipe.eval.after_pipeline and args.until is None:  # a partial run: report only
             evaluate_run(recipe, registry)
         print_report_paths(write_run_report(registry))
