@@ -12,7 +12,7 @@ DEV_STAMP := $(VENV)/.chatalign-dev-installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 export WANDB_MODE ?= offline
 
-.PHONY: help install install-dev test test-fast pipeline stage-0 stage-1 stage-2 stage-3 stage-6 serve bench lineage recipe clean distclean
+.PHONY: help install install-dev test test-fast pipeline eval report stage-0 stage-1 stage-2 stage-3 stage-6 serve bench lineage recipe clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,12 @@ test-fast: install-dev ## the tests without the end-to-end and multi-process run
 
 pipeline: install ## run every stage on RECIPE (default: the embedded SmolLM2-135M)
 	$(BIN)/chatalign pipeline --recipe $(RECIPE) $(ARGS)
+
+eval: install ## the evaluation suite on every checkpoint of RECIPE's run (win rates, oracle, KL, RM accuracy)
+	$(BIN)/chatalign eval --recipe $(RECIPE) $(ARGS)
+
+report: install ## write runs/<recipe>/report.html (self-contained) and report.md for RECIPE's run
+	$(BIN)/chatalign report --recipe $(RECIPE) $(ARGS)
 
 stage-0: install ## stage 0: import the base model
 	$(BIN)/chatalign stage base --recipe $(RECIPE) $(ARGS)

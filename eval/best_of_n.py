@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 
@@ -67,15 +66,17 @@ def win_rate(new: Sequence[float], old: Sequence[float]) -> dict[str, Any]:
             "win_rate": wins / (wins + losses) if wins + losses else None}
 
 
-def plot_best_of_n(curves: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "") -> None:
-    """Max (solid) and median (dashed) reward against N, one colour per curve (round or temperature)."""
+def plot_best_of_n(curves: Mapping[str, Mapping[str, Any]], path: Any, title: str = "") -> None:
+    """Max (solid) and median (dashed) reward against N, one colour per curve (round or temperature); ``path``
+    is a file name or a binary file object."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a display
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    many = len(curves) > 3  # a legend of more than six lines would cover the curves: put it beside them
+    fig, ax = plt.subplots(figsize=(9.5 if many else 6, 4.5))
     for index, (label, curve) in enumerate(curves.items()):
         if not curve.get("n"):
             continue
@@ -87,7 +88,10 @@ def plot_best_of_n(curves: Mapping[str, Mapping[str, Any]], path: str | Path, ti
     ax.set_ylabel("reward (LOGIT of the safety-gated R_c)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if many:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(str(path), dpi=100)
+    fig.savefig(path if hasattr(path, "write") else str(path), format="png", dpi=100)
     plt.close(fig)

@@ -129,8 +129,9 @@ def _pyplot():
     return plt
 
 
-def plot_calibration(results: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "") -> None:
-    """Empirical rate at which the first answer is preferred against σ(score difference), per test set."""
+def plot_calibration(results: Mapping[str, Mapping[str, Any]], path: Any, title: str = "") -> None:
+    """Empirical rate at which the first answer is preferred against σ(score difference), per test set;
+    ``path`` is a file name or a binary file object."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
@@ -145,7 +146,7 @@ def plot_calibration(results: Mapping[str, Mapping[str, Any]], path: str | Path,
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(str(path), dpi=100)
+    fig.savefig(path if hasattr(path, "write") else str(path), format="png", dpi=100)
     plt.close(fig)
 
 
@@ -165,7 +166,7 @@ def plot_score_histograms(raw: Mapping[str, Mapping[str, list[float]]], path: st
     axes[0][0].set_ylabel("answers")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(str(path), dpi=100)
+    fig.savefig(path if hasattr(path, "write") else str(path), format="png", dpi=100)
     plt.close(fig)
 
 

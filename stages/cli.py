@@ -1,4 +1,4 @@
-"""`chatalign <stage|pipeline|eval|serve|lineage|verify|gc|path|recipe> …` (also `python -m stages …`).
+"""`chatalign <stage|pipeline|eval|report|serve|lineage|verify|gc|path|recipe> …` (also `python -m stages …`).
 
 Every error a user can act on is one line on stderr and exit code 2; Ctrl-C is exit code 130 with
 where to --resume.
@@ -40,18 +40,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", default=None, help="last stage to run")
     p.add_argument("--force", action="store_true")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-eval", dest="evaluate", action="store_false",
+                   help="skip the evaluation suite at the end (so does --until); the report is still written, from "
+                        "the manifests")
 
-    p = sub.add_parser("eval", help="policies and reward models on data written by others (refusals, false "
-                                    "refusals, RM accuracy on human-labelled pairs)")
+    p = sub.add_parser("eval", help="the evaluation suite on a run's checkpoints (win rates, oracle, KL, RM "
+                                    "accuracy); with --real-data instead, policies and RMs on data written by others")
     recipe_args(p)
-    p.add_argument("--real-data", required=True, metavar="DIR",
-                   help="folder with the public sets in their published layouts (advbench/, xstest/, llmbar/, "
-                        "pandalm-testset/, hh-rlhf-harmless/)")
-    p.add_argument("--refs", nargs="*", default=None, help="policy versions (default: base, sft, every rs round)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many prompts or pairs per set")
+    p.add_argument("--refs", nargs="*", default=None,
+                   help="policy versions (default: every policy version of the run; with --real-data: base, sft, "
+                        "every rs round)")
+    p.add_argument("--prompts", type=int, default=None,
+                   help="built-in held-out prompts every policy answers (default eval.suite_prompts)")
+    p.add_argument("--real-data", default=None, metavar="DIR",
+                   help="evaluate on the public sets in their published layouts in DIR (advbench/, xstest/, "
+                        "llmbar/, pandalm-testset/, hh-rlhf-harmless/) instead, written to real_eval.json")
+    p.add_argument("--limit", type=int, default=None, help="--real-data: at most this many prompts or pairs per set")
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap (default eval.max_new_tokens)")
-    p.add_argument("--out", default=None, help="report path (default <runs_dir>/<recipe>/real_eval.json)")
-    p.add_argument("--no-rm", dest="rms", action="store_false", help="policies only: skip the RMs' pair accuracy")
+    p.add_argument("--out", default=None, help="results path (default <runs_dir>/<recipe>/eval.json, or "
+                                               "real_eval.json with --real-data)")
+    p.add_argument("--no-rm", dest="rms", action="store_false",
+                   help="--real-data: policies only, skip the RMs' pair accuracy")
+    p.add_argument("--report", action="store_true", help="write the run report afterwards")
+
+    p = sub.add_parser("report", help="write the run report: report.html (self-contained) and report.md")
+    recipe_args(p)
+    p.add_argument("--out", default=None, help="folder for report.html, report.md, report_files/ "
+                                               "(default <runs_dir>/<recipe>/)")
 
     p = sub.add_parser("serve", help="the reward-model scoring HTTP API (docs/SERVER.md)")
     recipe_args(p)
@@ -117,10 +132,20 @@ def run_command(args: argparse.Namespace) -> int:
             raise RegistryError(f"broken lineage of {args.ref}: {problems[0]}{more}")
         return 0
     if args.command == "eval":
-        from stages.evaluation import evaluate_real  # loads models: only for this command
+        from stages.evaluation import evaluate_real, evaluate_run, write_run_report  # loads torch: only here
 
-        evaluate_real(recipe, registry, args.real_data, args.refs, args.limit, args.max_new_tokens, out=args.out,
-                      rms=args.rms)
+        if args.real_data:
+            evaluate_real(recipe, registry, args.real_data, args.refs, args.limit, args.max_new_tokens,
+                          out=args.out, rms=args.rms)
+        else:
+            evaluate_run(recipe, registry, args.refs, args.prompts, args.max_new_tokens, out=args.out)
+        if args.report:
+            print_report_paths(write_run_report(registry))
+        return 0
+    if args.command == "report":
+        from stages.evaluation import write_run_report
+
+        print_report_paths(write_run_report(registry, args.out))
         return 0
     if args.command == "serve":
         from reward.server import run_from_args
@@ -142,8 +167,21 @@ def run_command(args: argparse.Namespace) -> int:
         for entry in catalogue.until(args.until):
             for version in entry.load().run(recipe, registry, force=args.force, resume=args.resume):
                 print(json.dumps({"stage": entry.name, "version": version.ref, "path": str(version.path)}))
+        from data.runtime import is_main_process
+        from stages.evaluation import evaluate_run, write_run_report
+
+        if not is_main_process():  # under torchrun / accelerate the first process evaluates and reports
+            return 0
+        if args.evaluate and recipe.eval.after_pipeline and args.until is None:  # a partial run: report only
+            evaluate_run(recipe, registry)
+        print_report_paths(write_run_report(registry))
         return 0
     return 1
+
+
+def print_report_paths(paths) -> None:
+    html_path, md_path = paths
+    print(json.dumps({"report": str(html_path), "markdown": str(md_path)}))
 
 
 def version_dir(registry, ref_or_dir: str):

@@ -362,6 +362,9 @@ class EvalSection:
                                   "for the base model and after SFT (0 = skip)", min=0)
     max_new_tokens: int = knob(64, "answer length cap for oracle evaluation", "tokens", min=1)
     batch_size: int = knob(32, "prompts per generation batch", min=1)
+    suite_prompts: int = knob(48, "built-in held-out prompts every policy answers in `chatalign eval` (win rates, "
+                                  "oracle, KL to the SFT model)", min=1)
+    after_pipeline: bool = knob(True, "run `chatalign eval` and write the report at the end of `chatalign pipeline`")
 
 
 @dataclass

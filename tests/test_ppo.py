@@ -277,13 +277,9 @@ def run_cli_process(root: Path, *args: str) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def rms(tmp_path_factory) -> Path:
-    """base, sft and both RMs of the tiny recipe, made once."""
-    from stages.cli import main
-
-    root = tmp_path_factory.mktemp("ppo-parents")
-    assert main(["pipeline", "--until", "reward", "--recipe", TINY, "--set", f"runs_dir={root}"]) == 0
-    return root
+def rms(tiny_rms) -> Path:
+    """base, sft and both RMs of the tiny recipe, made once per session (tests/conftest.py)."""
+    return tiny_rms
 
 
 @pytest.mark.slow
