@@ -1,5 +1,6 @@
 """Where this process runs: its rank among launched processes, its device, progress bars only the main
-process draws, and building models whole while a DeepSpeed ZeRO-3 engine is live.
+process draws, building models whole while a DeepSpeed ZeRO-3 engine is live, and where a stage's time
+goes (``phase``).
 
 The lowest layer, so the reward library, the evaluation code and the pipeline all ask the same questions
 in the same way.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 
 # torch, tqdm and transformers are imported where they are used: the CLI reads recipes and registries
 # through this module's importers without paying seconds for them.
@@ -72,3 +74,47 @@ def whole_model_init():
         yield
     finally:
         hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+# ---------------------------------------------------------------- where the time goes
+_PHASE_STACK: list[list] = []          # [name, start of its current exclusive stretch]
+_PHASE_TIMES: dict[str, float] = {}    # "evaluation/sampling" -> seconds spent there and nowhere deeper
+
+
+@contextlib.contextmanager
+def phase(name: str):
+    """Count the time spent inside as ``name`` (training, sampling, scoring, evaluation, loading, saving).
+
+    Phases nest: time inside a phase opened within another is counted under both names joined by "/"
+    ("evaluation/sampling") and not again under the outer one, so the times of a stage add up to at most
+    its wall time. ``phase_times`` reads them; a stage run resets them when it starts (stages/common.py).
+    """
+    if _PHASE_STACK and _PHASE_STACK[-1][0] == name:  # evaluation inside evaluation is one phase
+        yield
+        return
+    now = time.perf_counter()
+    if _PHASE_STACK:
+        _add_exclusive(now)
+    _PHASE_STACK.append([name, now])
+    try:
+        yield
+    finally:
+        now = time.perf_counter()
+        _add_exclusive(now)
+        _PHASE_STACK.pop()
+        if _PHASE_STACK:
+            _PHASE_STACK[-1][1] = now
+
+
+def _add_exclusive(now: float) -> None:
+    key = "/".join(entry[0] for entry in _PHASE_STACK)
+    _PHASE_TIMES[key] = _PHASE_TIMES.get(key, 0.0) + now - _PHASE_STACK[-1][1]
+    _PHASE_STACK[-1][1] = now
+
+
+def phase_times(reset: bool = False) -> dict[str, float]:
+    """Seconds per phase since the last reset, rounded to 0.01 s, largest first."""
+    times = {k: round(v, 2) for k, v in sorted(_PHASE_TIMES.items(), key=lambda kv: -kv[1])}
+    if reset:
+        _PHASE_TIMES.clear()
+    return times

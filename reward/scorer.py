@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from data.records import Preference
-from data.runtime import default_device, progress_bar, whole_model_init
+from data.runtime import default_device, phase, progress_bar, whole_model_init
 from reward.calibration import Platt
 from reward.model import encode_response, pad_right
 
@@ -56,6 +56,7 @@ class RewardScorer:
                 for conversation, response in zip(conversations, responses)]
 
     @torch.no_grad()
+    @phase("scoring")
     def score_ids(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         """Raw scores of token-id sequences, in input order."""
         scores = torch.empty(len(sequences), dtype=torch.float32)

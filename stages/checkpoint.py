@@ -11,7 +11,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from data.runtime import whole_model_init
+from data.runtime import phase, whole_model_init
 
 ADAPTER_FILE = "adapter_config.json"
 BASE_REF_FILE = "base_ref.json"  # written beside a LoRA adapter: which full checkpoint it applies to
@@ -44,6 +44,7 @@ def load_causal_lm(path: Path, registry: Any = None, dtype: str = "float32", mer
     return model.merge_and_unload() if merge else model
 
 
+@phase("saving")
 def save_model(model: Any, tokenizer: Any, out_dir: Path, base_version: Any = None) -> None:
     """Weights (safetensors) + tokenizer; a LoRA model saves its adapter and a reference to its base."""
     out_dir = Path(out_dir)

@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from data.records import DataError
 from stages import catalogue
-from stages.common import StageError, open_registry, setup_logging
+from stages.common import StageError, log, open_registry, setup_logging
 from reward.server import ServerConfigError
 from reward.server import add_arguments as add_server_arguments
 from stages.recipe import RecipeError, describe, dump_recipe, load_recipe
@@ -164,9 +165,16 @@ def run_command(args: argparse.Namespace) -> int:
             print(json.dumps({"version": version.ref, "path": str(version.path)}))
         return 0
     if args.command == "pipeline":
-        for entry in catalogue.until(args.until):
+        entries = catalogue.until(args.until)
+        start, done = time.time(), []
+        for i, entry in enumerate(entries, 1):
+            stage_start = time.time()
+            log.info("pipeline [%d/%d] %s (stage %d) · %s elapsed", i, len(entries), entry.name, entry.number,
+                     clock(stage_start - start))
             for version in entry.load().run(recipe, registry, force=args.force, resume=args.resume):
                 print(json.dumps({"stage": entry.name, "version": version.ref, "path": str(version.path)}))
+                done.append((entry, version, version.manifest.get("created_at", "") >= iso_utc(stage_start)))
+        log.info("pipeline: stages done in %s\n%s", clock(time.time() - start), time_table(done))
         from data.runtime import is_main_process
         from stages.evaluation import evaluate_run, write_run_report
 
@@ -177,6 +185,30 @@ def run_command(args: argparse.Namespace) -> int:
         print_report_paths(write_run_report(registry))
         return 0
     return 1
+
+
+def clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def iso_utc(t: float) -> str:
+    """A time in the manifests' created_at format, for comparing which versions this run wrote."""
+    import datetime
+
+    return datetime.datetime.fromtimestamp(int(t), datetime.timezone.utc).isoformat()
+
+
+def time_table(done) -> str:
+    """Per version the pipeline produced: reused or built, its wall time and where it went (data.runtime.phase)."""
+    lines = ["| stage | version | this run | wall | where the time went |", "|---|---|---|---:|---|"]
+    for entry, version, built in done:
+        times = version.manifest.get("metrics", {}).get("time_s", {})
+        wall = version.manifest.get("wall_time_s")
+        parts = ", ".join(f"{k} {clock(v)}" for k, v in times.items() if k != "wall" and v >= 1)
+        lines.append(f"| {entry.name} | {version.ref} | {'built' if built else 'reused'} | "
+                     f"{clock(wall) if wall is not None else '?'} | {parts or '–'} |")
+    return "\n".join(lines)
 
 
 def print_report_paths(paths) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from data.runtime import barrier, is_main_process
+from data.runtime import barrier, is_main_process, phase_times
 from stages.recipe import Recipe
 from stages.registry import Registry, Version
 from stages.tracking import log_artifact, start_wandb
@@ -98,10 +98,13 @@ def run_stage(recipe: Recipe, registry: Registry, stage: str, body: Callable[[St
         if recipe.wandb.enabled and is_main_process():
             run.wandb_run = start_wandb(recipe, stage, section)
         start = time.time()
+        phase_times(reset=True)
         body(run)
         barrier()
         version = None
         if is_main_process():
+            # where the time went: training, sampling, scoring, evaluation, saving (data.runtime.phase)
+            run.metrics["time_s"] = {**phase_times(reset=True), "wall": round(time.time() - start, 2)}
             version = registry.commit(stage, workdir, parents=parents, recipe_section=section,
                                       data_fingerprints=data_fingerprints, seed=recipe.seed, metrics=run.metrics,
                                       wall_time_s=round(time.time() - start, 2),

@@ -24,6 +24,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import InitProcessGroupKwargs
 
+from data.runtime import phase
 from stages.common import StageError
 from stages.recipe import OptimSection, RecipeError, TrainSection
 
@@ -126,6 +127,7 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
+@phase("saving")
 def save_checkpoint(accelerator: Any, ckpt_dir: Path, step: int, state: dict[str, Any], keep: int = 2) -> None:
     """accelerate state (model, optimizer, RNG) + the loop's own state; visible only once complete."""
     final = ckpt_dir / f"step-{step}"
@@ -176,6 +178,7 @@ class TrainEngine:
     def to_device(self, batch: Batch) -> Batch:
         return {k: v.to(self.accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
+    @phase("training")
     def step(self, step: int, micro_batches: Sequence[Batch], units: int, loss_fn: LossFn) -> StepResult:
         """Optimizer step ``step`` (0-based) over this process's micro-batches; ``units`` counts the loss units of
         the whole step on every process. Raises StageError at a non-finite loss or gradient norm."""

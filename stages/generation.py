@@ -16,7 +16,7 @@ import torch
 from transformers import DynamicCache
 
 from data.records import Conversation
-from data.runtime import progress_bar
+from data.runtime import phase, progress_bar
 from data.templates import render_prompt
 
 # End-of-turn markers of common chat formats; each is a stop token when the tokenizer has it.
@@ -264,6 +264,7 @@ def _decode(model, cache, logits, attention_mask, positions, stream_keys: list[i
     return results
 
 
+@phase("sampling")
 def generate(model, tokenizer, prompts: Sequence[Sequence[int]], cfg: SamplingConfig,
              prompt_keys: Sequence[int] | None = None) -> list[list[Completion]]:
     """K = cfg.num_samples completions for each prompt (token ids), in prompt order, samples in index order.

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from data.runtime import phase
 from data.records import Conversation, prompt_key
 from data.templates import render_prompt
 from reward.combine import Whitener, kl_penalized_rewards
@@ -448,6 +449,7 @@ class PPOLoop:
         return steps_done, out
 
     # -- evaluation ------------------------------------------------------------------------------------
+    @phase("evaluation")
     def evaluate(self) -> dict[str, Any]:
         """Greedy answers of the policy to the held-out prompts, scored with the reward function (main process;
         the result is shared with every process so they all take the same early-stopping decision)."""

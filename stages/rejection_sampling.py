@@ -31,7 +31,7 @@ from typing import Any
 from data.builtin.oracle import score_answers as oracle_scores
 from data.loaders import read_jsonl, write_jsonl
 from data.records import Conversation, prompt_key
-from data.runtime import default_device, is_main_process
+from data.runtime import default_device, is_main_process, phase
 from data.sources import fingerprint
 from eval.best_of_n import best_of_n_curve, plot_best_of_n, win_rate
 from stages.catalogue import stage
@@ -304,6 +304,7 @@ def previous_heldout(inputs: RoundInputs, reward_fn: Any) -> list[dict]:
     return heldout_answers(model, load_tokenizer(inputs.sampler.path), inputs, reward_fn)
 
 
+@phase("evaluation")
 def compare_on_heldout(run: StageRun, inputs: RoundInputs, model: Any, tokenizer: Any,
                        reward_fn: Any) -> dict[str, Any]:
     """The new policy against the one it was sampled from: mean reward, win rate, and oracle scores of both."""
@@ -324,6 +325,7 @@ def compare_on_heldout(run: StageRun, inputs: RoundInputs, model: Any, tokenizer
     return metrics
 
 
+@phase("evaluation")
 def evaluate_round(run: StageRun, inputs: RoundInputs, model: Any, tokenizer: Any, round_rewards: list[list[float]],
                    reward_fn: Any) -> dict[str, Any]:
     """Best-of-N curves (this round's samples, plus the temperature sweep and the earlier rounds' curves),

@@ -29,7 +29,7 @@ from typing import Any
 
 from data.mixtures import build_rm_mixtures
 from data.records import Preference
-from data.runtime import default_device, is_main_process
+from data.runtime import default_device, is_main_process, phase
 from data.sources import fingerprint, load_preferences
 from eval.rm import evaluate_scorer
 from reward.calibration import Platt, fit_platt, labelled_answers
@@ -150,6 +150,7 @@ def train_reward_model(run: StageRun, recipe: Recipe, parent: Version, kind: str
     return metrics
 
 
+@phase("evaluation")
 def calibrate_saved(run: StageRun, recipe: Recipe) -> tuple[Platt | None, dict[str, Any]]:
     """Fit Platt scaling of the saved safety RM on the labelled answers of ``reward.safety_calibration``."""
     section = recipe.reward
@@ -172,6 +173,7 @@ def calibrate_saved(run: StageRun, recipe: Recipe) -> tuple[Platt | None, dict[s
     return platt, {**platt.to_dict(), "answers": len(labels), "unsafe": labels.count(False)}
 
 
+@phase("evaluation")
 def evaluate_saved(run: StageRun, recipe: Recipe, kind: str, test_sets: dict[str, list[Preference]],
                    calibration: Platt | None = None) -> dict:
     """Score the test sets with the RM as saved and calibrated (so the evaluation sees what users load)."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from data import builtin
 from data.records import Conversation, prompt_key
-from data.runtime import default_device
+from data.runtime import default_device, phase
 from data.sources import DataSource, load_conversations, prompt_messages
 from data.templates import render_prompt
 from eval.oracle import oracle_metrics
@@ -115,6 +115,7 @@ def score_answers(prompts: list[Conversation], answers: list[list[str]], reward_
     return out
 
 
+@phase("evaluation")
 def oracle_eval(model: Any, tokenizer: Any, recipe: Recipe, n: int | None = None, template: str = "model",
                 split: str = "heldout") -> dict[str, Any]:
     """Greedy answers of ``model`` to ``n`` built-in prompts of ``split`` (default eval.oracle_prompts), judged

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from data.runtime import phase
 from stages.engine import Batch, LossFn, TrainEngine, TrainSettings, grad_accumulation
 from stages.recipe import RecipeError
 
@@ -116,6 +117,7 @@ class Trainer:
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
+    @phase("evaluation")
     def evaluate(self) -> dict[str, float]:
         if not self.heldout_examples:
             return {}

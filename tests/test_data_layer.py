@@ -385,3 +385,23 @@ def test_packed_examples_do_not_attend_to_each_other(tok):
         leaky = model(**{**batch, "use_cache": True})
         assert not torch.allclose(leaky.logits, packed_out.logits, atol=1e-3)
 
+
+
+def test_phase_times_count_nested_phases_once_under_their_path(monkeypatch):
+    """data.runtime.phase: inner time goes to "outer/inner" and not again to "outer"; a phase reopened
+    inside itself is one phase; the times add up to the time spent inside."""
+    import data.runtime as runtime
+
+    clock = iter([0.0, 1.0, 3.0, 3.5, 3.5, 4.0, 4.0, 10.0, 12.0, 12.0, 13.0, 13.0])
+    monkeypatch.setattr(runtime.time, "perf_counter", lambda: next(clock))
+    runtime.phase_times(reset=True)
+    with runtime.phase("evaluation"):          # enters at 0
+        with runtime.phase("sampling"):        # 1 .. 3 (the outer gets 0..1)
+            pass
+        with runtime.phase("evaluation"):      # same phase: nothing new opens
+            pass
+    # evaluation resumes at 3 (after sampling) and closes at 3.5
+    with runtime.phase("training"):            # 3.5 .. 4.0
+        pass
+    assert runtime.phase_times(reset=True) == {"evaluation/sampling": 2.0, "evaluation": 1.5, "training": 0.5}
+    assert runtime.phase_times() == {}
