@@ -27,7 +27,7 @@ from stages.checkpoint import load_causal_lm, load_tokenizer, save_model
 from stages.common import StageRun, run_stage
 from stages.engine import TrainSettings
 from stages.finetune import with_lora
-from stages.ppo_loop import BEST_DIR, Models, PPOLoop, ValueModel, strip
+from stages.ppo_loop import BEST_DIR, Models, PPOLoop, ValueModel, gathered, strip
 from stages.recipe import PPOSection, Recipe
 from stages.registry import Registry, Version
 from stages.rollouts import load_prompts, load_reward_fn
@@ -124,10 +124,12 @@ def body(run: StageRun, recipe: Recipe, registry: Registry, policy: Version, hel
     result = loop.train()
     policy_model = loop.policy
     critic_model = loop.critic.model
+    with loop.gathered_weights(), gathered(loop.critic_engine):  # full weights under ZeRO-3
+        if is_main_process():
+            save_model(policy_model, models.tokenizer, run.workdir,
+                       base_version=policy if section.train.lora.enabled else None)
+            critic_model.save_pretrained(str(run.workdir / CRITIC_DIR), safe_serialization=True)
     if is_main_process():
-        save_model(policy_model, models.tokenizer, run.workdir,
-                   base_version=policy if section.train.lora.enabled else None)
-        critic_model.save_pretrained(str(run.workdir / CRITIC_DIR), safe_serialization=True)
         write_jsonl(run.workdir / HISTORY_FILE, result["history"])
         evals = result["evals"]
         if evals and "answers" in evals[0]:

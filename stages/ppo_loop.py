@@ -11,6 +11,7 @@ from a checkpoint repeats the uninterrupted one.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -184,10 +185,27 @@ def collate_rollouts(rows: list[Rollout], pad_id: int, keys: tuple[str, ...] = (
             "mask": mask, **out}
 
 
+def keeps_logits(model: Any) -> bool:
+    """Whether the causal LM under ``model`` (a DDP / DeepSpeed wrapper or a peft model around it, whose own
+    signatures hide it) takes ``logits_to_keep``: the output head then runs on the last positions only."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
 def answer_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Float logits (answers, response tokens, vocab) of the positions that predict the answer tokens."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    index = batch["index"].unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+    """Float logits (answers, response tokens, vocab) of the positions that predict the answer tokens. The
+    output head (a vocabulary-wide matrix product) runs only from the first position that predicts an answer
+    token onwards, not over the prompts before it."""
+    index, width = batch["index"], batch["input_ids"].shape[1]
+    answer_positions = index[batch["mask"].bool()]
+    first = int(answer_positions.min()) if answer_positions.numel() and keeps_logits(model) else 0
+    kwargs = {"logits_to_keep": width - first} if first > 0 else {}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                   **kwargs).logits
+    index = (index - first).clamp(min=0).unsqueeze(-1).expand(-1, -1, logits.shape[-1])
     return logits.gather(1, index).float()
 
 
@@ -223,6 +241,19 @@ class Models:
     reference: Any | None           # a frozen copy of the starting policy; None with LoRA (adapter disabled)
     critic: ValueModel
     tokenizer: Any
+
+
+def gathered(engine: TrainEngine, modifier_rank: int | None = None):
+    """Every process's context in which ``engine``'s model holds its full weights under DeepSpeed ZeRO-3 (entered
+    by all processes together; with ``modifier_rank`` that process's changes are kept); a no-op otherwise."""
+    import contextlib
+
+    plugin = getattr(engine.accelerator.state, "deepspeed_plugin", None)
+    if plugin is None or plugin.zero_stage != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(engine.model.parameters()), modifier_rank=modifier_rank)
 
 
 class PPOLoop:
@@ -278,17 +309,15 @@ class PPOLoop:
         with self.policy.disable_adapter():  # LoRA: π0 is the policy with its adapter off, at no extra memory
             return answer_logits(self.policy, batch)
 
-    def gathered_weights(self):
+    def gathered_weights(self, modifier_rank: int | None = None):
         """Under DeepSpeed ZeRO-3, the policy's full weights for a whole rollout phase (gathered once, not at every
         decoding step); a no-op otherwise."""
-        import contextlib
+        return gathered(self.policy_engine, modifier_rank)
 
+    @property
+    def zero3(self) -> bool:
         plugin = getattr(self.acc.state, "deepspeed_plugin", None)
-        if plugin is None or plugin.zero_stage != 3:
-            return contextlib.nullcontext()
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(list(self.policy_engine.model.parameters()))
+        return plugin is not None and plugin.zero_stage == 3
 
     # -- rollouts --------------------------------------------------------------------------------------
     def rollouts(self, iteration: int) -> list[Rollout]:
@@ -318,8 +347,9 @@ class PPOLoop:
         section, mbs = self.section, self.policy_engine.settings.micro_batch_size
         entropy_sum, tokens, gap = 0.0, 0.0, 0.0
         self.policy.eval()
-        for start in range(0, len(rows), mbs):
-            chunk = rows[start:start + mbs]
+        by_length = sorted(rows, key=lambda r: len(r.ids))  # micro-batches of similar lengths: less padding
+        for start in range(0, len(by_length), mbs):
+            chunk = by_length[start:start + mbs]
             batch = self.policy_engine.to_device(collate_rollouts(chunk, self.pad_id))
             logits = answer_logits(self.policy, batch)
             old = token_logprobs(logits, batch["tokens"], section.temperature, section.top_p)
@@ -431,7 +461,9 @@ class PPOLoop:
         for epoch in range(self.epochs):
             order = minibatch_order(len(rows), self.seed, iteration, epoch)
             for m in range(self.minibatches):
-                chunk = [rows[i] for i in order[m * local_mb:(m + 1) * local_mb]]
+                # grouped by length into micro-batches (less padding); the step's loss is a sum over all of its
+                # answers, so the grouping does not change it
+                chunk = sorted((rows[i] for i in order[m * local_mb:(m + 1) * local_mb]), key=lambda r: len(r.ids))
                 micro = [self.policy_engine.to_device(collate_rollouts(chunk[k:k + mbs], self.pad_id, keys))
                          for k in range(0, len(chunk), mbs)]
                 (units,) = self.sum_all(float(sum(r.response_len for r in chunk)))
@@ -457,9 +489,10 @@ class PPOLoop:
 
         result: list[Any] = [None]
         with self.gathered_weights():
+            # Under ZeRO-3 a forward takes part in collectives, so every process answers (the same greedy answers)
+            texts = answer(self.policy, self.tokenizer, self.heldout, self.template, self.section.max_new_tokens,
+                           self.section.batch_size) if self.heldout and (self.acc.is_main_process or self.zero3) else []
             if self.acc.is_main_process and self.heldout:
-                texts = answer(self.policy, self.tokenizer, self.heldout, self.template, self.section.max_new_tokens,
-                               self.section.batch_size)
                 rewards = self.reward_fn([p.messages for p in self.heldout], texts,
                                          [bool(p.meta.get("is_safety", False)) for p in self.heldout])
                 n = len(texts)
@@ -491,9 +524,10 @@ class PPOLoop:
 
     def save_best(self, iteration: int) -> None:
         """The trainable weights of the policy as it is now (the best held-out evaluation so far)."""
+        with self.gathered_weights():
+            trainable = {n: p.detach().cpu().clone() for n, p in self.policy.named_parameters() if p.requires_grad}
         if not self.acc.is_main_process:
             return
-        trainable = {n: p.detach().cpu().contiguous() for n, p in self.policy.named_parameters() if p.requires_grad}
         best = self.workdir / BEST_DIR
         best.mkdir(exist_ok=True)
         save_file(trainable, str(best / "trainable.safetensors.tmp"))
@@ -510,7 +544,7 @@ class PPOLoop:
         if missing:
             raise StageError(f"ppo: {best} holds weights the policy does not have ({missing[:3]}); rerun without "
                              f"--resume")
-        with torch.no_grad():
+        with torch.no_grad(), self.gathered_weights(modifier_rank=0):
             params = dict(self.policy.named_parameters())
             for name, value in weights.items():
                 params[name].copy_(value.to(params[name].device, params[name].dtype))

@@ -436,3 +436,49 @@ def test_deepspeed_zero2_two_processes_first_update_matches_one(rms, single_upda
     launch_ppo([str(accelerate), "launch", "--config_file", str(ROOT / "recipes" / "accelerate" / "cpu-zero2.yaml")],
                tmp_path / "zero2")
     assert_same_update(tmp_path / "zero2", single_update)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_deepspeed_zero3_two_processes_first_update_matches_one(rms, single_update, tmp_path):
+    import shutil
+
+    pytest.importorskip("deepspeed")
+    accelerate = Path(sys.executable).parent / "accelerate"
+    if not accelerate.exists():
+        pytest.skip("accelerate CLI not installed")
+    shutil.copytree(rms, tmp_path / "zero3")
+    launch_ppo([str(accelerate), "launch", "--config_file", str(ROOT / "recipes" / "accelerate" / "cpu-zero3.yaml")],
+               tmp_path / "zero3")
+    assert_same_update(tmp_path / "zero3", single_update)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_deepspeed_zero3_lora_ppo_with_heldout_evaluations_saves_whole_weights(rms, tmp_path):
+    """Under ZeRO-3 the held-out evaluation (main process scores, every process answers), the best weights and the
+    saved version go through gathered weights: the adapter and critic come out whole, not as empty shards."""
+    import shutil
+
+    pytest.importorskip("deepspeed")
+    accelerate = Path(sys.executable).parent / "accelerate"
+    if not accelerate.exists():
+        pytest.skip("accelerate CLI not installed")
+    root = tmp_path / "zero3-lora"
+    shutil.copytree(rms, root)
+    sets = [f"runs_dir={root}", *PPO_FROM_SFT, "ppo.iterations=2", "ppo.rollout_batch_size=4",
+            "ppo.train.batch_size=4", "ppo.train.micro_batch_size=2", "ppo.train.eval_every=1",
+            "ppo.train.lora.enabled=true"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(accelerate), "launch", "--config_file", str(ROOT / "recipes" / "accelerate" /
+                                                                           "cpu-zero3.yaml"),
+                           "-m", "stages", "stage", "ppo", "--recipe", TINY, *[x for s in sets for x in ("--set", s)]],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    from stages.registry import Registry
+
+    version = Registry(root / "tiny").resolve("ppo@latest")
+    assert len(version.manifest["metrics"]["evals"]) == 3
+    for sub in ("adapter_model.safetensors", "critic/model.safetensors"):
+        weights = load_file(str(version.path / sub))
+        assert weights and all(t.ndim >= 1 and t.numel() > 1 for t in weights.values()), sub
