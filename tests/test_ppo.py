@@ -425,32 +425,19 @@ def test_torchrun_two_processes_first_update_matches_one(rms, single_update, tmp
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_deepspeed_zero2_two_processes_first_update_matches_one(rms, single_update, tmp_path):
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_deepspeed_two_processes_first_update_matches_one(zero, rms, single_update, tmp_path):
+    """ZeRO-2 and ZeRO-3 (2 CPU processes, gloo): the first update equals one process on the same global batch."""
     import shutil
 
     pytest.importorskip("deepspeed")
     accelerate = Path(sys.executable).parent / "accelerate"
     if not accelerate.exists():
         pytest.skip("accelerate CLI not installed")
-    shutil.copytree(rms, tmp_path / "zero2")
-    launch_ppo([str(accelerate), "launch", "--config_file", str(ROOT / "recipes" / "accelerate" / "cpu-zero2.yaml")],
-               tmp_path / "zero2")
-    assert_same_update(tmp_path / "zero2", single_update)
-
-
-@pytest.mark.slow
-@pytest.mark.distributed
-def test_deepspeed_zero3_two_processes_first_update_matches_one(rms, single_update, tmp_path):
-    import shutil
-
-    pytest.importorskip("deepspeed")
-    accelerate = Path(sys.executable).parent / "accelerate"
-    if not accelerate.exists():
-        pytest.skip("accelerate CLI not installed")
-    shutil.copytree(rms, tmp_path / "zero3")
-    launch_ppo([str(accelerate), "launch", "--config_file", str(ROOT / "recipes" / "accelerate" / "cpu-zero3.yaml")],
-               tmp_path / "zero3")
-    assert_same_update(tmp_path / "zero3", single_update)
+    shutil.copytree(rms, tmp_path / zero)
+    launch_ppo([str(accelerate), "launch", "--config_file", str(ROOT / "recipes" / "accelerate" / f"cpu-{zero}.yaml")],
+               tmp_path / zero)
+    assert_same_update(tmp_path / zero, single_update)
 
 
 @pytest.mark.slow
