@@ -190,7 +190,9 @@ def enforce(constraints: Sequence[dict[str, str]], text: str) -> str | None:
     """``text`` rewritten by program so that it keeps every checkable style of ``constraints``; None when a
     checkable constraint cannot be kept by a program (a language) or the text is too short to rewrite.
     Constraints no program can check (hobby, figure) are left as they are."""
-    for constraint in sorted(constraints, key=lambda c: c["value"] == "start_indeed"):  # case first, then prefix
+    # the opening word first, then the shape, the letter case last (it must also cover the added "Indeed")
+    rank = {"start_indeed": 0, "all_caps": 2, "all_lowercase": 2}
+    for constraint in sorted(constraints, key=lambda c: rank.get(c["value"], 1)):
         if constraint["type"] == "style":
             text = ENFORCE[constraint["value"]](text)
             if text is None:

@@ -21,17 +21,25 @@ GROUPS = ("style", "language", "hobby", "figure")
 
 
 def eval_instructions(lists: dict[str, Sequence[str]], n: int, seed: int, terse_share: float = 0.5,
-                      families: Sequence[str] = GROUPS) -> list[dict[str, Any]]:
+                      families: Sequence[str] = GROUPS, style_share: float | None = None) -> list[dict[str, Any]]:
     """``n`` single-constraint instructions cycling over the families and, within each, over its values (so
-    every style is measured), terse with ``terse_share``: [{"constraint", "text", "terse"}]."""
+    every style is measured), terse with ``terse_share``: [{"constraint", "text", "terse"}]. With
+    ``style_share``, that share of the dialogues are styles and the rest cycle over the other families."""
     rng = random.Random(f"gatt-eval:{seed}")
     families = [f for f in families if lists.get(f)]
     order = {f: rng.sample(list(lists[f]), len(lists[f])) for f in families}
+    others = [f for f in families if f != "style"]
+    n_style = round(n * style_share) if style_share is not None and "style" in families and others else None
     out = []
     for i in range(n):
-        family = families[i % len(families)]
+        if n_style is None:
+            family, rank = families[i % len(families)], i // len(families)
+        elif i < n_style:
+            family, rank = "style", i
+        else:
+            family, rank = others[(i - n_style) % len(others)], (i - n_style) // len(others)
         values = order[family]
-        constraint = make_constraint(family, values[(i // len(families)) % len(values)], rng)
+        constraint = make_constraint(family, values[rank % len(values)], rng)
         terse = rng.random() < terse_share
         out.append({"constraint": constraint, "text": constraint["terse" if terse else "instruction"],
                     "terse": terse})

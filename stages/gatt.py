@@ -212,7 +212,8 @@ def evaluate(model: Any, tokenizer: Any, recipe: Recipe, lists: dict[str, list[s
     """Table 30 for one model: adherence per turn on held-out dialogues, one constraint each."""
     section = recipe.gatt
     families = [f for f in ("style", *section.families) if lists.get(f)]
-    instructions = eval_instructions(lists, section.eval_dialogues, recipe.seed, section.terse_share, families)
+    instructions = eval_instructions(lists, section.eval_dialogues, recipe.seed, section.terse_share, families,
+                                     section.style_share)
     dialogues = builtin_dialogues("heldout", section.eval_dialogues, recipe.seed, section.eval_turns)
 
     def respond(conversations: list[list[dict[str, str]]]) -> list[str]:
