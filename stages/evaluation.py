@@ -23,7 +23,7 @@ from stages.registry import Registry, RegistryError
 
 log = logging.getLogger("chatalign.eval")
 
-POLICY_STAGES = ("base", "sft", "rs")  # registry stages that hold policies
+POLICY_STAGES = ("base", "sft", "rs", "gatt", "distill")  # registry stages that hold policies
 
 
 def default_refs(registry: Registry) -> list[str]:
