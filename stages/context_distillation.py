@@ -79,8 +79,8 @@ def distill_pairs(run: StageRun, recipe: Recipe, policy: Version, safety_rm: Ver
     conversations = [p.messages for p in prompts]
     scores = scorer.score(conversations + conversations, [a.text for a in plain] + [a.text for a in pre]).tolist()
     plain_scores, pre_scores = scores[:len(prompts)], scores[len(prompts):]
-    keep = keep_decisions(plain_scores, pre_scores, [bool(a.text.strip()) and (section.truncated_targets or not a.truncated) for a in pre],
-                          section.keep_margin)
+    usable = [bool(a.text.strip()) and (section.truncated_targets or not a.truncated) for a in pre]
+    keep = keep_decisions(plain_scores, pre_scores, usable, section.keep_margin)
     rows = [{"prompt_key": prompt_key(p.messages), "prompt_id": p.meta.get("id"), "messages": p.messages,
              "category": category, "category_from": origin, "preprompt": preprompt,
              "plain": a.text, "plain_finish": a.finish_reason, "plain_safety": ps,
@@ -98,8 +98,8 @@ def evaluate(model: Any, tokenizer: Any, recipe: Recipe, heldout: list[Conversat
     answers = answer(model, tokenizer, heldout, recipe.model.template, section.max_new_tokens, section.batch_size)
     harmful = [(p, a) for p, a in zip(heldout, answers) if p.meta.get("is_safety")]
     benign = [(p, a) for p, a in zip(heldout, answers) if not p.meta.get("is_safety")]
-    out: dict[str, Any] = {"answers": [{"prompt": p.messages[-1]["content"], "is_safety": bool(p.meta.get("is_safety")),
-                                        "answer": a} for p, a in zip(heldout, answers)]}
+    out: dict[str, Any] = {"answers": [{"prompt": p.messages[-1]["content"], "answer": a,
+                                        "is_safety": bool(p.meta.get("is_safety"))} for p, a in zip(heldout, answers)]}
     if harmful:
         scores = safety_scorer.score([p.messages for p, _ in harmful], [a for _, a in harmful]).tolist()
         out["adversarial"] = violation_metrics([p for p, _ in harmful], [a for _, a in harmful], scores,
@@ -173,7 +173,8 @@ def run(recipe: Recipe, registry: Registry, *, force: bool = False, resume: bool
                     for k, v in result.get(group, {}).items():
                         if k != "n":
                             run.metrics[f"{name}_{k}"] = v
-            log.info("%s: before %s / after %s", STAGE, {k: v for k, v in run.metrics.items() if k.startswith("before_")},
+            log.info("%s: before %s / after %s", STAGE,
+                     {k: v for k, v in run.metrics.items() if k.startswith("before_")},
                      {k: v for k, v in run.metrics.items() if k.startswith("after_")})
 
     fingerprints = {"prompts": fingerprint(prompts), "heldout": fingerprint(heldout)}

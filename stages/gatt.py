@@ -40,7 +40,7 @@ from stages.checkpoint import load_causal_lm, load_tokenizer
 from stages.common import StageRun, run_stage
 from stages.finetune import fine_tune
 from stages.generation import answer
-from stages.recipe import GAttSection, Recipe, RecipeError
+from stages.recipe import Recipe, RecipeError
 from stages.registry import Registry, Version
 from stages.rollouts import load_reward_fn, sample_answers, score_answers
 
@@ -146,9 +146,9 @@ def synthesize(run: StageRun, recipe: Recipe, policy: Version, reward_fn: Any, d
             rewards = [[0.0] * len(group) for group in samples]
         for row, group, group_rewards in zip(live, samples, rewards):
             constraints = row["instruction"]["constraints"]
-            target = choose_target(constraints, [s.text for s in group], group_rewards,
-                                   [_usable(s.text, s.finish_reason, section.truncated_targets) for s in group], section.target_sentences,
-                                   section.targets)
+            usable = [_usable(s.text, s.finish_reason, section.truncated_targets) for s in group]
+            target = choose_target(constraints, [s.text for s in group], group_rewards, usable,
+                                   section.target_sentences, section.targets)
             if target.text is None:
                 row["ended_at"] = t + 1
                 continue
@@ -185,7 +185,8 @@ def yield_stats(rows: list[dict[str, Any]], turns: int) -> dict[str, Any]:
             if row["ended_at"] is not None:
                 entry["sampled_turns"] += 1  # the turn whose samples all failed
     for entry in stats.values():
-        entry["best_of_k_yield"] = entry["some_sample_kept"] / entry["sampled_turns"] if entry["sampled_turns"] else None
+        sampled = entry["sampled_turns"]
+        entry["best_of_k_yield"] = entry["some_sample_kept"] / sampled if sampled else None
         entry["target_yield"] = (entry["turns"] - entry["missing"]) / entry["turns"] if entry["turns"] else None
     return dict(sorted(stats.items()))
 

@@ -303,9 +303,9 @@ class GAttSection:
     temperature: float = knob(0.8, "sampling temperature", above=0.0)
     top_p: float = knob(1.0, "nucleus mass kept while sampling; 1 = off", min=0.0, max=1.0)
     max_new_tokens: int = knob(64, "answer length cap while sampling", "tokens", min=1)
-    truncated_targets: bool = knob(False, "a sample cut at max_new_tokens with no finished sentence may be a target "
-                                          "(off: it would teach stopping mid-sentence; on only for the tiny test model, "
-                                          "whose random samples rarely stop)")
+    truncated_targets: bool = knob(False, "a sample cut at max_new_tokens with no finished sentence may be a "
+                                          "target (off: it would teach stopping mid-sentence; on only for the tiny "
+                                          "test model, whose random samples rarely stop)")
     target_sentences: int | None = knob(2, "targets keep their first N sentences (short turns keep long dialogues "
                                            "in the context); null = whole answers", min=1)
     targets: Literal["best_of_k", "best_of_k_then_enforce"] = knob(
