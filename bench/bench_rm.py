@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from record import command_line, machine
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,28 +185,6 @@ def score(args, model, tokenizer, test) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
-
-def machine() -> str:
-    """CPU model and core count (plus the GPU, if there is one), for the benchmark record."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    out = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-    if torch.cuda.is_available():
-        out += f", GPU {torch.cuda.get_device_name(0)}"
-    return out
-
-
-def command_line() -> str:
-    """The command as typed, with the working directory's prefix removed from any path."""
-    cwd = os.getcwd().rstrip("/") + "/"
-    return "python bench/bench_rm.py " + shlex.join(a.replace(cwd, "") for a in sys.argv[1:])
-
 
 def table(results: dict, args) -> str:
     lines = ["| trainer | pairs | steps | seconds | pairs/s | tokens/s | final train loss | test accuracy |",

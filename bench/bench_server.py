@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
-import shlex
 import signal
 import socket
 import statistics
@@ -28,6 +25,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from record import command_line, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 UNBATCHED = ["--max-batch-items", "1", "--max-wait-ms", "0"]
@@ -163,29 +162,6 @@ def run(args, name: str, extra: list[str], items: list[dict]) -> dict:
     for problem in result["first_errors"]:
         print(f"  error: {problem}", flush=True)
     return result
-
-
-def machine() -> str:
-    """CPU model and core count (plus the GPU, if there is one), and torch, for the record."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    out = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    if torch.cuda.is_available():
-        out += f", GPU {torch.cuda.get_device_name(0)}"
-    return out
-
-
-def command_line() -> str:
-    cwd = os.getcwd().rstrip("/") + "/"
-    return "python bench/bench_server.py " + shlex.join(a.replace(cwd, "") for a in sys.argv[1:])
 
 
 def section(results: dict, args) -> str:

@@ -47,6 +47,7 @@ STAGES: tuple[Stage, ...] = (
           aliases=("ghost_attention",)),
     Stage("context_distillation", 5, "context_distillation", ("distill",), "stages.context_distillation",
           "safety context distillation", aliases=("distill",)),
+    Stage("ppo", 6, "ppo", ("ppo",), "stages.ppo", "PPO on the safety-gated reward with a per-token KL penalty"),
 )
 
 
@@ -70,8 +71,8 @@ def until(name: str | None) -> tuple[Stage, ...]:
 def makefile_targets() -> str:
     """The Makefile's stage targets: each runs its stage after the one before it."""
     lines = []
-    for entry in STAGES:
-        after = f"stage-{entry.number - 1}" if entry.number else "install"
+    for previous, entry in zip((None, *STAGES), STAGES):
+        after = f"stage-{previous.number}" if previous is not None else "install"
         lines += [f"stage-{entry.number}: {after} ## stage {entry.number}: {entry.summary}",
                   f"\t$(BIN)/chatalign stage {entry.name} --recipe $(RECIPE) $(ARGS)", ""]
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -160,9 +160,11 @@ class TrainEngine:
     """A model prepared for training (``self.model``, ``self.optimizer``, ``self.accelerator``), stepped by a loop."""
 
     def __init__(self, model: Any, settings: TrainSettings, total_steps: int, grad_accum: int, workdir: Path,
-                 desc: str = "train"):
+                 desc: str = "train", checkpoints: str = "checkpoints"):
+        """``checkpoints``: the folder of ``workdir`` this engine checkpoints into (a loop that trains two models,
+        as PPO's policy and critic, gives each engine its own)."""
         self.settings, self.total_steps, self.grad_accum, self.desc = settings, total_steps, grad_accum, desc
-        self.ckpt_dir = Path(workdir) / "checkpoints"
+        self.ckpt_dir = Path(workdir) / checkpoints
         self.accelerator = make_accelerator(settings, grad_accum)
         if settings.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -187,9 +189,10 @@ class TrainEngine:
         for batch in micro_batches:
             with acc.accumulate(self.model), acc.autocast():
                 loss_sum, _, _ = loss_fn(self.model, batch)
-                # accelerate divides by the accumulation steps; undo it so the step's loss is
-                # the mean over all of its trained units, however they fall into micro-batches
-                acc.backward(loss_sum / units * self.grad_accum)
+                # accelerate divides by the accumulation steps, and DDP and DeepSpeed average gradients over
+                # processes; undo both so the gradient is that of the step's loss, the mean over all of its
+                # trained units, however they fall into micro-batches and processes
+                acc.backward(loss_sum / units * self.grad_accum * acc.num_processes)
             step_loss += loss_sum.detach().double()
             tokens += int(batch["input_ids"].numel() if "attention_mask" not in batch
                           else batch["attention_mask"].sum())

@@ -35,7 +35,11 @@ class SamplingConfig:
     max_new_tokens: int = 256     # tokens generated per completion at most, stop token included
     seed: int = 0                 # with the prompt key and sample index, fixes every sample
     batch_size: int = 32          # sequences per decoding forward pass (K samples of a prompt count K)
-    return_logprobs: bool = False  # also return log pi(token) under the unmodified model (see Completion)
+    return_logprobs: bool = False  # also return each token's log-probability (see Completion)
+    # which distribution those log-probabilities are of: "model" = the unmodified model (log_softmax of the raw
+    # logits), "sampling" = the one tokens were drawn from (logits / temperature, then top-p renormalised), which
+    # is what a PPO ratio needs when temperature or top_p is not 1
+    logprobs_of: str = "model"
     stop_token_ids: list[int] | None = None  # None = tokenizer eos + generation_config eos + end-of-turn token
 
     def __post_init__(self):
@@ -45,6 +49,7 @@ class SamplingConfig:
             (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
             (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.logprobs_of in ("model", "sampling"), "logprobs_of must be 'model' or 'sampling'"),
         ]
         for ok, message in checks:
             if not ok:
@@ -56,7 +61,9 @@ class Completion:
     """One sampled completion.
 
     `logprobs[t]` is log_softmax(raw model logits)[token_ids[t]]: the log-probability under the model
-    itself, before temperature or top-p, which is the log pi(a|s) that PPO's ratio and KL need.
+    itself, before temperature or top-p (SamplingConfig.logprobs_of "model"); with logprobs_of "sampling" it
+    is ``token_logprobs(logits, token, temperature, top_p)``, the log-probability under the distribution the
+    token was drawn from. At temperature 1 and top_p 1 the two are the same.
     """
 
     token_ids: list[int]
@@ -124,6 +131,15 @@ def _inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, targets, right=True).squeeze(-1).clamp_(max=weights.shape[-1] - 1)
 
 
+def _outside_nucleus(sorted_probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Mask of the sorted entries outside the nucleus: the smallest set of most likely tokens whose mass reaches
+    top_p (the top token always stays)."""
+    mass_before = sorted_probs.cumsum(-1) - sorted_probs
+    outside = mass_before >= top_p
+    outside[..., 0] = False
+    return outside
+
+
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor) -> torch.Tensor:
     """Next tokens from float logits (rows, vocab): greedy at temperature 0, else temperature then top-p."""
     if temperature == 0:
@@ -131,12 +147,26 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, unifor
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_p >= 1:
         return _inverse_cdf(probs, uniforms)
-    # Nucleus: the smallest set of most likely tokens whose mass reaches top_p (the top token always stays).
     sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True)
-    mass_before = sorted_probs.cumsum(-1) - sorted_probs
-    nucleus = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
-    nucleus[:, 0] = sorted_probs[:, 0]
+    nucleus = sorted_probs.masked_fill(_outside_nucleus(sorted_probs, top_p), 0.0)
     return sorted_ids.gather(-1, _inverse_cdf(nucleus, uniforms).unsqueeze(-1)).squeeze(-1)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
+                   top_p: float = 1.0) -> torch.Tensor:
+    """log p(token) under the distribution ``sample_tokens`` draws from: softmax(logits / temperature) restricted
+    to the top-p nucleus and renormalised. Differentiable in ``logits`` (the nucleus itself is a constant), so
+    PPO computes the new policy's log-probs with the same function as the behaviour policy's. Temperature 0
+    (greedy) has no density: the unmodified model's log-probs are returned. Shapes: logits (..., vocab),
+    tokens (...)."""
+    scaled = logits.float() if temperature in (0, 1) else logits.float() / temperature
+    if top_p < 1 and temperature > 0:
+        with torch.no_grad():
+            sorted_probs, sorted_ids = torch.softmax(scaled, dim=-1).sort(dim=-1, descending=True)
+            outside = torch.zeros_like(scaled, dtype=torch.bool).scatter_(
+                -1, sorted_ids, _outside_nucleus(sorted_probs, top_p))
+        scaled = scaled.masked_fill(outside, float("-inf"))
+    return torch.log_softmax(scaled, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -202,7 +232,9 @@ def _decode(model, cache, logits, attention_mask, positions, stream_keys: list[i
         tokens = sample_tokens(logits, cfg.temperature, cfg.top_p, uniforms)
         tokens_out[live, step] = tokens
         if cfg.return_logprobs:
-            logprobs_out[live, step] = torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
+            logprobs_out[live, step] = (token_logprobs(logits, tokens, cfg.temperature, cfg.top_p)
+                                        if cfg.logprobs_of == "sampling"
+                                        else torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1))
         finished = torch.isin(tokens, stop_ids)
         if step == cfg.max_new_tokens - 1:
             stopped[live[finished]] = True

@@ -271,6 +271,93 @@ class RejectionSamplingSection:
             yield "top_p", f"must be in (0, 1], got {self.top_p}"
 
 
+def _ppo_train() -> TrainSection:
+    # §3.2.3: AdamW 0.9/0.95, eps 1e-5, weight decay 0.1, grad clip 1.0, constant lr 1e-6; mini-batch 64,
+    # one gradient step per mini-batch (one pass over the rollout batch)
+    optim = OptimSection(lr=1e-6, schedule="constant")
+    return TrainSection(epochs=1.0, batch_size=64, micro_batch_size=4, optim=optim, checkpoint_every=10,
+                        eval_every=10)
+
+
+@dataclass
+class CriticSection:
+    """The value model of PPO: a scalar head read at every token (the paper does not describe its critic)."""
+
+    init: str = knob("rm-helpful@latest", "registry ref the critic starts from: a reward model (its scalar head "
+                                          "becomes the value head) or a causal LM (a fresh head is added)")
+    top_layers: int | None = knob(None, "train only the critic's top N blocks, final norm and head (no backward "
+                                        "below them); null = all weights", "blocks", min=1)
+    value_clip: float = knob(0.2, "clip of the value prediction around the rollout's value (clipped value loss); "
+                                  "0 = unclipped", min=0.0)
+    optim: OptimSection = knob(factory=lambda: OptimSection(lr=5e-6, schedule="constant"),
+                               doc="the critic's optimizer (not stated in the paper; AdamW as the policy's, lr 5e-6)")
+
+
+@dataclass
+class PPOSection:
+    """Stage 6: PPO on the safety-gated combined reward with a per-token KL penalty to the starting policy
+    (§3.2.3): R = WHITEN(LOGIT(R_c)) on the last token - β·(log π_θ - log π_0) on every token."""
+
+    policy: str = knob("distill@latest", "registry ref of the policy PPO starts from (also the reference π0); "
+                                         "the paper's order puts PPO after the safety stages, so the default is "
+                                         "context distillation's; rs@latest skips stages 4 and 5")
+    helpful_rm: str = knob("rm-helpful@latest", "registry ref of the helpfulness reward model")
+    safety_rm: str = knob("rm-safety@latest", "registry ref of the safety reward model")
+    prompts: list[DataSource] = knob(factory=lambda: [DataSource(source="builtin", n=1000)],
+                                     doc="training prompts (safety prompts carry meta.is_safety: true)")
+    heldout_prompts: list[DataSource] = knob(
+        factory=lambda: [DataSource(source="builtin", n=100, split="heldout")],
+        doc="held-out prompts: greedy answers scored every train.eval_every iterations, for early stopping")
+    iterations: int = knob(200, "rollout-and-update iterations (paper: 200-400 with early stopping)", min=1)
+    rollout_batch_size: int = knob(512, "prompts answered per iteration, all processes together (paper: 512)",
+                                   "prompts", min=1)
+    temperature: float = knob(1.0, "sampling temperature of the rollouts; the ratio and the KL use log-probs of "
+                                   "the distribution sampled from (logits / T, top-p)", above=0.0)
+    top_p: float = knob(1.0, "nucleus mass kept while sampling; 1 = off", above=0.0, max=1.0)
+    max_new_tokens: int = knob(256, "answer length cap of the rollouts and held-out answers", "tokens", min=1)
+    truncation_penalty: float | None = knob(
+        -2.0, "whitened score given instead of the RMs' to an answer cut at max_new_tokens without an end of "
+              "turn (in standard deviations of the whitened reward); null = score it like any other")
+    kl_coef: float = knob(0.01, "β of the per-token KL penalty (paper: 0.01 for 7B/13B, 0.005 for 34B/70B)", min=0.0)
+    kl_estimator: Literal["k1", "k3"] = knob("k1", "per-token KL estimate: k1 = log π_θ - log π_0, "
+                                                   "k3 = r - 1 - log r")
+    adaptive_kl: bool = knob(False, "adapt β towards kl_target (Ziegler et al. 2019); false = fixed β")
+    kl_target: float = knob(6.0, "target KL per answer of the adaptive controller", "nats", above=0.0)
+    kl_horizon: int = knob(10000, "horizon of the adaptive controller", "answers", min=1)
+    kl_stop: float = knob(50.0, "stop the run (keeping the last good checkpoint) when the mean KL per answer "
+                                "exceeds this", "nats", above=0.0)
+    whiten: Literal["batch", "running"] = knob(
+        "running", "statistics that whiten LOGIT(R_c): running mean/std of every training score so far "
+                   "(reward/combine.py explains why), or each batch's own")
+    gamma: float = knob(1.0, "discount γ of GAE", min=0.0, max=1.0)
+    lam: float = knob(0.95, "λ of GAE", min=0.0, max=1.0)
+    clip: float = knob(0.2, "PPO clip ε of the policy ratio (paper: 0.2)", above=0.0)
+    whiten_advantages: bool = knob(True, "normalise advantages to mean 0 / std 1 over the rollout batch")
+    early_stopping_patience: int | None = knob(
+        3, "stop after this many held-out evaluations without a better mean R_c and commit the best policy; "
+           "null = run every iteration (the best policy is still the one committed)", min=1)
+    safety_threshold: float = knob(0.15, "R_c = R_s when the prompt is a safety prompt or R_s < threshold, "
+                                         "else R_h (§3.2.3)", min=0.0, max=1.0)
+    batch_size: int = knob(32, "sequences per generation forward pass", min=1)
+    score_batch_size: int = knob(16, "answers per reward-model forward pass", min=1)
+    oracle_eval: bool = knob(True, "judge the held-out answers with the built-in oracle when the prompts are built-in")
+    critic: CriticSection = knob(factory=CriticSection, doc="the value model")
+    train: TrainSection = knob(factory=_ppo_train,
+                               doc="the policy's training: batch_size = PPO mini-batch (answers per optimizer "
+                                   "step), epochs = PPO epochs over each rollout batch, checkpoint_every and "
+                                   "eval_every count iterations; lora.enabled makes π0 the policy with its "
+                                   "adapter off")
+
+    def check(self) -> Problems:
+        if self.rollout_batch_size % self.train.batch_size:
+            yield "rollout_batch_size", (f"must be a multiple of train.batch_size (the PPO mini-batch, "
+                                         f"{self.train.batch_size}), got {self.rollout_batch_size}")
+        if self.train.max_steps is not None:
+            yield "train.max_steps", "is not used by PPO: set iterations (and train.epochs, the PPO epochs)"
+        if self.train.epochs != int(self.train.epochs):
+            yield "train.epochs", f"PPO epochs over a rollout batch must be a whole number, got {self.train.epochs}"
+
+
 @dataclass
 class GAttSection:
     """Stage 4: Ghost Attention (§3.3): an instruction added to every user turn of multi-turn dialogues, the
@@ -412,6 +499,7 @@ class Recipe:
     gatt: GAttSection = knob(factory=GAttSection, doc="stage 4: Ghost Attention")
     context_distillation: ContextDistillationSection = knob(
         factory=ContextDistillationSection, doc="stage 5: safety context distillation")
+    ppo: PPOSection = knob(factory=PPOSection, doc="stage 6: PPO on the safety-gated reward")
     eval: EvalSection = knob(factory=EvalSection, doc="evaluation shared by stages")
     wandb: WandbSection = knob(factory=WandbSection, doc="experiment tracking")
 

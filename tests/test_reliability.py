@@ -238,13 +238,17 @@ def test_a_lock_names_its_holder_and_is_gone_after_release(tmp_path):
 
 
 def sft_process(runs: Path, *args: str) -> subprocess.Popen:
-    # 32 unpacked steps, a checkpoint after each: far longer than the second run needs to start
+    # 640 unpacked steps (40 epochs of 16), a checkpoint after each: minutes, far longer than the second run needs
+    # to start and be refused however fast the machine is (the test interrupts it long before it ends)
     sets = [x for o in [f"runs_dir={runs}", "sft.train.packing=false", "sft.train.checkpoint_every=1",
-                        "sft.train.eval_every=32"]
+                        "sft.train.eval_every=640", "sft.train.epochs=40"]
             for x in ("--set", o)]
+    # SIGINT back to its default in the child: under a non-interactive shell's `&` (a CI runner, nohup) the test
+    # process inherits "ignore SIGINT", and Python then never turns Ctrl-C into KeyboardInterrupt
     return subprocess.Popen([sys.executable, "-m", "stages", "stage", "sft", *args, "--recipe", TINY, *sets],
                             cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @pytest.mark.slow

@@ -261,3 +261,10 @@ def test_load_scorer_applies_the_manifest_calibration(tmp_path, lm_dir, tokenize
     calibrated = load_scorer(tmp_path, device="cpu").score([conversation], [answer])
     assert torch.allclose(calibrated, 2.0 * raw - 1.0, atol=1e-5)
     assert torch.allclose(load_scorer(tmp_path, device="cpu", calibrated=False).score([conversation], [answer]), raw)
+
+
+def test_recipe_refuses_top_layers_with_lora():
+    from stages.recipe import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError, match="top_layers.*exclude each other"):
+        load_recipe("recipes/tiny.yaml", overrides=["reward.top_layers=1", "reward.train.lora.enabled=true"])

@@ -152,6 +152,15 @@ def test_stage_2_end_to_end_on_the_tiny_recipe(tmp_path, monkeypatch):
     assert "initial_heldout_aux_loss" in versions[1].manifest["metrics"]
     assert "heldout_aux_loss" not in versions[0].manifest["metrics"]
     assert versions[0].manifest["data_fingerprints"]["train"] != versions[1].manifest["data_fingerprints"]["train"]
+    # the safety RM is Platt-calibrated on the held-out labelled answers (or says why not); the helpful one never
+    calibration = versions[1].manifest["metrics"]["calibration"]
+    assert calibration["answers"] > calibration["unsafe"] > 0
+    if "scale" in calibration:
+        assert versions[1].manifest["reward_model"]["calibration"] == {k: calibration[k] for k in ("scale", "bias")}
+    else:
+        assert "skipped" in calibration and "calibration" not in versions[1].manifest["reward_model"]
+    assert "calibration" not in versions[0].manifest["metrics"]
+    assert "calibration" not in versions[0].manifest["reward_model"]
 
     # the saved RM is what the scorer loads; unchanged inputs reuse both versions
     from reward.scorer import load_scorer
