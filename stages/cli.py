@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, help="answer length cap (default eval.max_new_tokens)")
     p.add_argument("--out", default=None, help="report path (default <runs_dir>/<recipe>/real_eval.json)")
     p.add_argument("--no-rm", dest="rms", action="store_false", help="policies only: skip the RMs' pair accuracy")
+    p.add_argument("--ifeval-turns", type=int, default=0, metavar="N",
+                   help="also keep IFEval's checkable instructions (ifeval/ in --real-data), given in the first "
+                        "turn, over N turns (eval/ifeval.py); 0 = off")
 
     p = sub.add_parser("serve", help="the reward-model scoring HTTP API (docs/SERVER.md)")
     recipe_args(p)
@@ -120,7 +123,7 @@ def run_command(args: argparse.Namespace) -> int:
         from stages.evaluation import evaluate_real  # loads models: only for this command
 
         evaluate_real(recipe, registry, args.real_data, args.refs, args.limit, args.max_new_tokens, out=args.out,
-                      rms=args.rms)
+                      rms=args.rms, ifeval_turns=args.ifeval_turns)
         return 0
     if args.command == "serve":
         from reward.server import run_from_args
