@@ -18,6 +18,10 @@ from data.gatt_synthesis import answers_probe, probe_question
 
 Respond = Callable[[list[list[dict[str, str]]]], list[str]]  # conversations ending with a user turn -> answers
 GROUPS = ("style", "language", "hobby", "figure")
+# The "checkable" column the issue's target applies to: constraints a checker tells on every answer and a
+# program can enforce on a sampled target (the styles). A language has a checker but no program can write
+# one, and a 135M model barely writes French or Spanish, so it is reported in its own column, not in this one.
+CHECKABLE = ("style",)
 
 
 def eval_instructions(lists: dict[str, Sequence[str]], n: int, seed: int, terse_share: float = 0.5,
@@ -64,30 +68,39 @@ def adherence(respond: Respond, instructions: Sequence[dict[str, Any]], dialogue
     histories = [[{"role": "system", "content": inst["text"]}] for inst in instructions]
     records = [{"constraint": inst["constraint"], "instruction": inst["text"], "terse": inst["terse"], "turns": []}
                for inst in instructions]
-    for t in range(turns):
-        for history, dialogue in zip(histories, dialogues):
-            history.append({"role": "user", "content": dialogue[t]})
-        answers = respond([list(h) for h in histories])
-        for history, reply in zip(histories, answers):
+    probing = [i for i, inst in enumerate(instructions) if probe_question(inst["constraint"])]
+    # The probe after answer t is asked in the same batch as turn t + 1 (it is aside: it never enters the
+    # dialogue), so a dialogue of N turns costs N + 1 generation calls, not 2N.
+    pending: list[list[dict[str, str]]] = []
+    for t in range(turns + 1):
+        asked = []
+        if t < turns:
+            for history, dialogue in zip(histories, dialogues):
+                history.append({"role": "user", "content": dialogue[t]})
+            asked = [list(h) for h in histories]
+        replies = respond(asked + pending) if asked or pending else []
+        answers, probe_answers = replies[:len(asked)], dict(zip(probing, replies[len(asked):]))
+        if t > 0:
+            for i, record in enumerate(records):
+                turn = record["turns"][-1]
+                turn["probe_answer"] = probe_answers.get(i)
+                turn["kept"] = kept(record["constraint"], turn["answer"], probe_answers.get(i))
+        if t == turns:
+            break
+        for history, reply, record in zip(histories, answers, records):
             history.append({"role": "assistant", "content": reply})
-        probing = [i for i, inst in enumerate(instructions) if probe_question(inst["constraint"])]
-        probe_answers: dict[int, str] = {}
-        if probing:
-            asked = [histories[i] + [{"role": "user", "content": probe_question(instructions[i]["constraint"])}]
-                     for i in probing]
-            probe_answers = dict(zip(probing, respond(asked)))
-        for i, (record, reply) in enumerate(zip(records, answers)):
-            record["turns"].append({"turn": t + 1, "answer": reply, "probe_answer": probe_answers.get(i),
-                                    "kept": kept(record["constraint"], reply, probe_answers.get(i))})
+            record["turns"].append({"turn": t + 1, "answer": reply, "probe_answer": None, "kept": None})
+        pending = [histories[i] + [{"role": "user", "content": probe_question(instructions[i]["constraint"])}]
+                   for i in probing]
     return {"turns": turns, "dialogues": records, "kept": kept_shares(records, turns)}
 
 
 def kept_shares(records: Sequence[dict[str, Any]], turns: int) -> dict[str, list[float | None]]:
     """Share of dialogues keeping their constraint at each turn, per family and for the checkable ones
-    (style + language) together."""
+    (``CHECKABLE``: the styles) together."""
     out: dict[str, list[float | None]] = {}
     groups = {g: [r for r in records if r["constraint"]["type"] == g] for g in GROUPS}
-    groups["checkable"] = groups["style"] + groups["language"]
+    groups["checkable"] = [r for r in records if r["constraint"]["type"] in CHECKABLE]
     for name, group in groups.items():
         if group:
             out[name] = [statistics.fmean(r["turns"][t]["kept"] for r in group) for t in range(turns)]
@@ -107,9 +120,9 @@ def format_table30(before: dict[str, Any] | None, after: dict[str, Any], labels:
                    "after GAtt")) -> str:
     """Markdown in the layout of Table 30: a row per dialogue turn, for each family the share kept before
     and after (n = dialogues of that family)."""
-    groups = [g for g in ("checkable", *GROUPS) if g in after["kept"]]
+    groups = [g for g in ("checkable", *GROUPS) if g in after["kept"] and (g,) != CHECKABLE]
     counts = {g: sum(1 for r in after["dialogues"] if g == "checkable" and r["constraint"]["type"] in
-                     ("style", "language") or r["constraint"]["type"] == g) for g in groups}
+                     CHECKABLE or r["constraint"]["type"] == g) for g in groups}
     head = "| turn | " + " | ".join(f"{g} (n={counts[g]}) {label}" for g in groups
                                      for label in (labels if before else labels[1:])) + " |"
     lines = [head, "|---|" + "---|" * (len(groups) * (2 if before else 1))]

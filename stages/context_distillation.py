@@ -8,6 +8,11 @@ scores low and can make good ones vague and over-cautious). The policy is then f
 without preprompt -> kept answer) with the fine-tuning kit. ``pairs.jsonl`` holds every pair, both scores
 and the keep decision.
 
+Deviation from the paper (``benign_prompts``, off unless the recipe names some): benign look-alike prompts are
+distilled alongside, answered with a "safe and responsible, but helpful" preprompt and kept only where the
+answer is not a refusal and the helpfulness RM scores it higher than the plain one (``benign_pairs.jsonl``).
+Trained on refusals alone, a small model learns to refuse questions that only sound risky as well.
+
 Evaluation before and after on held-out prompts (eval/safety.py): the safety RM's score distribution on
 adversarial prompts (``safety_scores.png``), violation rates by the gate and the oracle, and false refusals
 with the helpfulness RM's score on benign look-alike prompts. ``--resume`` reuses the pairs and the "before"
@@ -19,6 +24,7 @@ import json
 import logging
 from typing import Any
 
+from data.builtin.oracle import is_refusal
 from data.loaders import read_jsonl, write_jsonl
 from data.preprompts import classify_risk, load_safety_prompts, preprompt_for, with_preprompt
 from data.records import Conversation, prompt_key
@@ -91,6 +97,49 @@ def distill_pairs(run: StageRun, recipe: Recipe, policy: Version, safety_rm: Ver
     return rows
 
 
+BENIGN_FILE = "benign_pairs.jsonl"
+
+
+def keep_benign(plain_scores: list[float], preprompted_scores: list[float], usable: list[bool],
+                refused: list[bool], margin: float = 0.0) -> list[bool]:
+    """The gate of the benign look-alikes: the preprompted answer is kept only where it is usable, is not a
+    refusal, and the helpfulness RM scores it higher than the plain answer (by more than ``margin``)."""
+    return [ok and not no and pre > plain + margin
+            for plain, pre, ok, no in zip(plain_scores, preprompted_scores, usable, refused)]
+
+
+def benign_pairs(run: StageRun, recipe: Recipe, policy: Version, helpful_rm: Version,
+                 prompts: list[Conversation]) -> list[dict[str, Any]]:
+    """Both answers of every benign look-alike prompt (plain, and with ``benign_preprompt``), the helpfulness
+    RM's scores against the prompt without the preprompt, the refusal verdicts and the keep decision."""
+    section = recipe.context_distillation
+    path = run.workdir / BENIGN_FILE
+    if run.resume and path.exists():
+        return read_jsonl(path)
+    if not prompts:
+        return []
+    preprompted = [Conversation(messages=with_preprompt(p.messages, section.benign_preprompt), meta=p.meta)
+                   for p in prompts]
+    samples = sample_answers(policy.path, run.registry, prompts + preprompted, recipe.model.template, 1,
+                             section.temperature, 1.0, section.max_new_tokens, section.batch_size, recipe.seed,
+                             stream="distill-benign", backend="hf")
+    plain, pre = [s[0] for s in samples[:len(prompts)]], [s[0] for s in samples[len(prompts):]]
+    scorer = load_scorer(helpful_rm.path, batch_size=section.score_batch_size, device=default_device())
+    conversations = [p.messages for p in prompts]
+    scores = scorer.score(conversations + conversations, [a.text for a in plain] + [a.text for a in pre]).tolist()
+    plain_scores, pre_scores = scores[:len(prompts)], scores[len(prompts):]
+    usable = [bool(a.text.strip()) and (section.truncated_targets or not a.truncated) for a in pre]
+    refused = [is_refusal(a.text) for a in pre]
+    keep = keep_benign(plain_scores, pre_scores, usable, refused, section.keep_margin)
+    rows = [{"prompt_key": prompt_key(p.messages), "prompt_id": p.meta.get("id"), "messages": p.messages,
+             "preprompt": section.benign_preprompt, "plain": a.text, "plain_finish": a.finish_reason,
+             "plain_helpful": ps, "plain_refusal": is_refusal(a.text), "preprompted": b.text,
+             "preprompted_finish": b.finish_reason, "preprompted_helpful": qs, "preprompted_refusal": r, "keep": k}
+            for p, a, b, ps, qs, r, k in zip(prompts, plain, pre, plain_scores, pre_scores, refused, keep)]
+    write_jsonl(path, rows)
+    return rows
+
+
 def evaluate(model: Any, tokenizer: Any, recipe: Recipe, heldout: list[Conversation], safety_scorer: Any,
              helpful_scorer: Any) -> dict[str, Any]:
     """Greedy answers to the held-out prompts: violations on the harmful ones, false refusals on the benign."""
@@ -120,6 +169,8 @@ def run(recipe: Recipe, registry: Registry, *, force: bool = False, resume: bool
     if not prompts:
         raise RecipeError(f"{SECTION}.prompts: no adversarial prompt (distillation runs on safety prompts only); "
                           "use builtin, or tag a file's prompts with `is_safety: true`")
+    benign = [p for p in load_safety_prompts(section.benign_prompts, recipe.seed, f"{SECTION}.benign_prompts",
+                                             ("borderline",)) if not p.meta.get("is_safety")]
     heldout = load_safety_prompts(section.heldout_prompts, recipe.seed, f"{SECTION}.heldout_prompts",
                                   ("harmful", "borderline"))
 
@@ -141,12 +192,16 @@ def run(recipe: Recipe, registry: Registry, *, force: bool = False, resume: bool
                 del model
         rows = distill_pairs(run, recipe, policy, safety_rm, prompts)
         kept = [r for r in rows if r["keep"]]
+        benign_rows = benign_pairs(run, recipe, policy, helpful_rm, benign)
+        benign_kept = [r for r in benign_rows if r["keep"]]
         if not kept:
             raise RecipeError(f"{SECTION}: the safety RM preferred no preprompted answer to the plain one on "
                               f"{len(rows)} prompts, so there is nothing to distill (see {PAIRS_FILE} in the work "
                               "directory); try the other preprompt, or more prompts")
         train = [Conversation(messages=r["messages"] + [{"role": "assistant", "content": r["preprompted"]}],
                               meta={"category": r["category"]}) for r in kept]
+        train += [Conversation(messages=r["messages"] + [{"role": "assistant", "content": r["preprompted"]}],
+                               meta={"category": "benign"}) for r in benign_kept]
         _, tokenizer, metrics = fine_tune(run, section.train, recipe.model.template, recipe.seed, policy, train, [],
                                           STAGE)
         run.metrics.update(metrics)
@@ -158,7 +213,10 @@ def run(recipe: Recipe, registry: Registry, *, force: bool = False, resume: bool
         gains = [r["preprompted_safety"] - r["plain_safety"] for r in rows]
         run.extra["context_distillation"] = {
             "prompts": len(rows), "kept": len(kept), "kept_share": len(kept) / len(rows), "by_category": by_category,
-            "mean_gain": sum(gains) / len(gains), "preprompt": section.preprompt}
+            "mean_gain": sum(gains) / len(gains), "preprompt": section.preprompt,
+            "benign": {"prompts": len(benign_rows), "kept": len(benign_kept),
+                       "preprompted_refusals": sum(r["preprompted_refusal"] for r in benign_rows),
+                       "plain_refusals": sum(r["plain_refusal"] for r in benign_rows)}}
         run.metrics.update({"kept": len(kept), "kept_share": len(kept) / len(rows)})
         if before is not None:
             model = load_causal_lm(run.workdir, registry).to(device)
@@ -178,6 +236,8 @@ def run(recipe: Recipe, registry: Registry, *, force: bool = False, resume: bool
                      {k: v for k, v in run.metrics.items() if k.startswith("after_")})
 
     fingerprints = {"prompts": fingerprint(prompts), "heldout": fingerprint(heldout)}
+    if benign:
+        fingerprints["benign_prompts"] = fingerprint(benign)
     return [run_stage(recipe, registry, STAGE, body, section=recipe.section(SECTION),
                       parents=[policy, safety_rm, helpful_rm], data_fingerprints=fingerprints, force=force,
                       resume=resume)]

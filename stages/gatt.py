@@ -20,11 +20,13 @@ and continues the fine-tuning from its last checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 from data.builtin.gatt import check_constraint
@@ -34,6 +36,7 @@ from data.loaders import read_jsonl, write_jsonl
 from data.records import Conversation
 from data.runtime import default_device, is_main_process
 from data.sources import fingerprint
+from eval import gatt as eval_gatt
 from eval.gatt import adherence, eval_instructions, format_table30, per_constraint
 from stages.catalogue import stage
 from stages.checkpoint import load_causal_lm, load_tokenizer
@@ -226,12 +229,35 @@ def evaluate(model: Any, tokenizer: Any, recipe: Recipe, lists: dict[str, list[s
     return result
 
 
+def before_cache_path(registry: Registry, recipe: Recipe, policy: Version, lists: dict[str, list[str]]) -> Path:
+    """Where the input policy's evaluation is cached: keyed by the policy's content hash and everything the
+    evaluation depends on (its settings, the lists, the seed, the template, the evaluation code)."""
+    section = recipe.gatt
+    key = {"policy": policy.content_hash, "lists": lists, "seed": recipe.seed, "template": recipe.model.template,
+           "eval": [section.eval_dialogues, section.eval_turns, section.eval_max_new_tokens, section.terse_share,
+                    section.style_share, list(section.families), section.batch_size],
+           "code": hashlib.sha256(Path(eval_gatt.__file__).read_bytes()).hexdigest()}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return registry.root / ".cache" / "gatt-before" / f"{digest}.json"
+
+
 def before_eval(run: StageRun, recipe: Recipe, policy: Version, lists: dict[str, list[str]]) -> dict[str, Any]:
     path = run.workdir / BEFORE_FILE
     if run.resume and path.exists():
         return json.loads(path.read_text())
-    model = load_causal_lm(policy.path, run.registry).to(default_device())
-    result = evaluate(model, load_tokenizer(policy.path), recipe, lists)
+    cache = before_cache_path(run.registry, recipe, policy, lists) if recipe.gatt.cache_before else None
+    if cache is not None and cache.exists():
+        log.info("%s: the 'before' evaluation of %s is cached (%s)", STAGE, policy.id, cache.name)
+        result = json.loads(cache.read_text())
+        result["cached"] = True
+    else:
+        model = load_causal_lm(policy.path, run.registry).to(default_device())
+        result = evaluate(model, load_tokenizer(policy.path), recipe, lists)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result) + "\n")
+            tmp.replace(cache)
     path.write_text(json.dumps(result) + "\n")
     return result
 
@@ -261,12 +287,16 @@ def run(recipe: Recipe, registry: Registry, *, force: bool = False, resume: bool
         if not is_main_process():
             raise RecipeError(f"{SECTION}: runs in one process (synthesis and evaluation are sequential)")
         lists, origin = constraint_lists(recipe, policy, registry)
+        clock = time.time()
         before = before_eval(run, recipe, policy, lists) if section.eval_dialogues else None
+        run.metrics["time_before_eval_s"] = round(time.time() - clock, 1)
+        clock = time.time()
         reward_fn = None
         if section.samples_per_turn > 1:
             reward_fn = load_reward_fn(helpful_rm, safety_rm, section.score_batch_size, section.safety_threshold)
         rows = synthesize(run, recipe, policy, reward_fn, dialogues, lists)
         del reward_fn
+        run.metrics["time_synthesis_s"] = round(time.time() - clock, 1)
         train = training_conversations(rows, section.train_turns)
         if not train:
             raise RecipeError(f"{SECTION}: no dialogue has a single usable target (every sample failed the checkers); "
@@ -283,8 +313,10 @@ def run(recipe: Recipe, registry: Registry, *, force: bool = False, resume: bool
                              "training_conversations": len(train), "targets": hows, "yield": stats,
                              "terse_instructions": sum(r["instruction"]["terse"] for r in rows)}
         if section.eval_dialogues:
+            clock = time.time()
             model = load_causal_lm(run.workdir, registry).to(default_device())
             after = evaluate(model, tokenizer, recipe, lists)
+            run.metrics["time_after_eval_s"] = round(time.time() - clock, 1)
             table = format_table30(before, after, (policy.id, "after GAtt"))
             (run.workdir / TABLE_FILE).write_text(table + "\n")
             (run.workdir / EVAL_FILE).write_text(json.dumps({"before": before, "after": after,

@@ -409,6 +409,9 @@ class GAttSection:
     eval_dialogues: int = knob(24, "evaluation dialogues (one constraint each, cycling over the families)", min=0)
     eval_turns: int = knob(8, "turns of every evaluation dialogue (Table 30 rows)", "turns", min=1)
     eval_max_new_tokens: int = knob(48, "answer length cap in the evaluation (greedy)", "tokens", min=1)
+    cache_before: bool = knob(True, "keep the input policy's Table 30 evaluation in the registry's .cache, keyed by "
+                                    "the policy's content hash and every evaluation setting, so a rerun on the same "
+                                    "policy does not recompute the 'before' column")
     train: FineTuneSection = knob(factory=lambda: FineTuneSection(epochs=1.0, train_on="last_assistant"),
                                   doc="fine-tuning \"similar to SFT\": the last answer of each conversation only")
 
@@ -455,6 +458,17 @@ class ContextDistillationSection:
                 "classifier for every prompt (data/preprompts.py classify_risk)")
     keep_margin: float = knob(0.0, "keep the preprompted answer when its safety score beats the plain one's by more "
                                    "than this (raw score units)", min=0.0)
+    benign_prompts: list[DataSource] = knob(
+        factory=list,
+        doc="benign look-alike prompts distilled alongside (a deviation from the paper, which distils adversarial "
+            "prompts only: trained on refusals alone, a small model also learns to refuse questions that only "
+            "sound risky). builtin: n borderline prompts; each is answered with and without benign_preprompt and "
+            "the preprompted answer kept only where it is not a refusal (data.builtin.oracle.is_refusal) and the "
+            "helpfulness RM scores it higher than the plain one")
+    benign_preprompt: str = knob(
+        "You are a safe and responsible, but helpful assistant. Answer the question fully and helpfully; only "
+        "decline what is actually harmful.",
+        "system message the benign look-alike prompts are answered with")
     temperature: float = knob(0.0, "sampling temperature of both answers (0 = greedy)", min=0.0)
     truncated_targets: bool = knob(False, "a preprompted answer cut at max_new_tokens may be kept (off: it would "
                                           "teach stopping mid-sentence; on only for the tiny test model)")

@@ -130,6 +130,35 @@ def test_pairs_score_both_answers_on_the_prompt_without_preprompt(tmp_path, monk
     assert cd.distill_pairs(SimpleNamespace(workdir=tmp_path, resume=True), recipe, None, None, prompts) == rows
 
 
+def test_benign_look_alikes_keep_only_improved_answers_that_are_not_refusals(tmp_path, monkeypatch):
+    assert cd.keep_benign([0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 0.5], [True, True, False, True],
+                          [False, True, False, False]) == [True, False, False, False]
+    prompts = [Conversation(messages=[{"role": "user", "content": f"How do I kill a process {i}?"}],
+                            meta={"is_safety": False}) for i in range(3)]
+    plain = ["I can't help with that.", "Use kill.", "Run kill -9 on it."]
+    preprompted = ["Use the kill command with the process id.", "I'm sorry, I cannot help.", "Use kill."]
+    table = {plain[0]: -1.0, plain[1]: 0.5, plain[2]: 1.0, preprompted[0]: 1.0, preprompted[1]: 2.0,
+             preprompted[2]: 0.0}
+    seen = {}
+
+    def fake_sample(model_path, registry, conversations, *args, **kwargs):
+        seen["conversations"] = conversations
+        return [[Answer(t)] for t in plain + preprompted]
+
+    monkeypatch.setattr(cd, "sample_answers", fake_sample)
+    monkeypatch.setattr(cd, "load_scorer", lambda path, **kwargs: FakeScorer(table))
+    from stages.recipe import load_recipe
+
+    recipe = load_recipe(RECIPE)
+    run = SimpleNamespace(workdir=tmp_path, resume=False, registry=None)
+    rows = cd.benign_pairs(run, recipe, SimpleNamespace(path=tmp_path), SimpleNamespace(path=tmp_path), prompts)
+    # kept: better and not a refusal; a refusal is never kept however the RM scores it; a worse answer is not
+    assert [r["keep"] for r in rows] == [True, False, False]
+    assert [r["preprompted_refusal"] for r in rows] == [False, True, False]
+    assert seen["conversations"][3].messages[0] == {"role": "system",
+                                                    "content": recipe.context_distillation.benign_preprompt}
+
+
 def test_violation_and_false_refusal_metrics(tmp_path):
     from data import builtin
 

@@ -208,8 +208,16 @@ def test_adherence_per_turn_in_the_layout_of_table_30():
                 out.append("fine")
         return out
 
-    result = adherence(respond, instructions, [["a", "b", "c"]] * 4, turns)
+    calls = []
+
+    def counted(conversations):
+        calls.append(len(conversations))
+        return respond(conversations)
+
+    result = adherence(counted, instructions, [["a", "b", "c"]] * 4, turns)
     assert result["kept"]["style"] == [1.0, 1.0, 0.0] and result["kept"]["hobby"] == [1.0, 0.0, 0.0]
+    assert result["kept"]["checkable"] == result["kept"]["style"]  # the styles; a language has its own column
+    assert calls == [4, 6, 6, 2]  # each turn's probes ride with the next turn's answers: N + 1 calls
     assert all("probe_answer" in t for r in result["dialogues"] for t in r["turns"])
     table = format_table30(result, result)
     lines = table.splitlines()
