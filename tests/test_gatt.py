@@ -278,3 +278,33 @@ def test_stage_4_end_to_end_and_resume_after_an_interruption(tmp_path, monkeypat
     evaluation = json.loads((version.path / gatt.EVAL_FILE).read_text())
     assert evaluation["before"]["turns"] == evaluation["after"]["turns"] == 2
     assert [p["id"] for p in version.manifest["parents"]] == ["sft/v1", "rm-helpful/v1", "rm-safety/v1"]
+
+
+def test_the_before_evaluation_is_cached_by_policy_and_settings(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from stages import gatt
+    from stages.recipe import load_recipe
+    from stages.registry import Registry
+
+    recipe = load_recipe(RECIPE)
+    registry = Registry(tmp_path / "runs" / "tiny")
+    (registry.root / "sft" / "v1").mkdir(parents=True)
+    policy = SimpleNamespace(path=tmp_path, id="sft/v1", content_hash="abc")
+    calls = []
+    monkeypatch.setattr(gatt, "load_causal_lm", lambda *a, **k: SimpleNamespace(to=lambda device: None))
+    monkeypatch.setattr(gatt, "load_tokenizer", lambda *a, **k: None)
+    monkeypatch.setattr(gatt, "evaluate", lambda *a, **k: calls.append(1) or {"kept": {"style": [0.5]}})
+    lists = {"style": ["all_caps"]}
+    for i in range(2):
+        work = tmp_path / f"work{i}"
+        work.mkdir()
+        result = gatt.before_eval(SimpleNamespace(workdir=work, resume=False, registry=registry), recipe, policy,
+                                  lists)
+        assert result["kept"] == {"style": [0.5]} and (work / gatt.BEFORE_FILE).exists()
+    assert calls == [1]  # the second run read the cache
+    assert registry.stages() == []  # the cache folder is no stage
+    other = SimpleNamespace(path=tmp_path, id="sft/v2", content_hash="def")
+    gatt.before_eval(SimpleNamespace(workdir=tmp_path / "work0", resume=False, registry=registry), recipe, other,
+                     lists)
+    assert calls == [1, 1]  # another policy is evaluated
