@@ -12,7 +12,7 @@ DEV_STAMP := $(VENV)/.chatalign-dev-installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 export WANDB_MODE ?= offline
 
-.PHONY: help install install-dev test test-fast pipeline eval report stage-0 stage-1 stage-2 stage-3 stage-6 serve bench lineage recipe clean distclean
+.PHONY: help install install-dev test test-fast pipeline eval report stage-0 stage-1 stage-2 stage-3 stage-4 stage-5 stage-6 serve bench lineage recipe clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -67,7 +67,13 @@ stage-2: stage-1 ## stage 2: helpfulness and safety reward models
 stage-3: stage-2 ## stage 3: iterative rejection-sampling fine-tuning
 	$(BIN)/chatalign stage rejection_sampling --recipe $(RECIPE) $(ARGS)
 
-stage-6: stage-3 ## stage 6: PPO on the safety-gated reward with a per-token KL penalty
+stage-4: stage-3 ## stage 4: Ghost Attention multi-turn data and fine-tuning
+	$(BIN)/chatalign stage gatt --recipe $(RECIPE) $(ARGS)
+
+stage-5: stage-4 ## stage 5: safety context distillation
+	$(BIN)/chatalign stage context_distillation --recipe $(RECIPE) $(ARGS)
+
+stage-6: stage-5 ## stage 6: PPO on the safety-gated reward with a per-token KL penalty
 	$(BIN)/chatalign stage ppo --recipe $(RECIPE) $(ARGS)
 
 serve: stage-2 ## the reward-model scoring API on RECIPE's RMs, at 127.0.0.1:8000 (docs/SERVER.md)

@@ -43,6 +43,10 @@ STAGES: tuple[Stage, ...] = (
           "helpfulness and safety reward models", aliases=("rm",)),
     Stage("rejection_sampling", 3, "rejection_sampling", ("rs",), "stages.rejection_sampling",
           "iterative rejection-sampling fine-tuning", aliases=("rs",)),
+    Stage("gatt", 4, "gatt", ("gatt",), "stages.gatt", "Ghost Attention multi-turn data and fine-tuning",
+          aliases=("ghost_attention",)),
+    Stage("context_distillation", 5, "context_distillation", ("distill",), "stages.context_distillation",
+          "safety context distillation", aliases=("distill",)),
     Stage("ppo", 6, "ppo", ("ppo",), "stages.ppo", "PPO on the safety-gated reward with a per-token KL penalty"),
 )
 

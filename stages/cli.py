@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                "real_eval.json with --real-data)")
     p.add_argument("--no-rm", dest="rms", action="store_false",
                    help="--real-data: policies only, skip the RMs' pair accuracy")
+    p.add_argument("--ifeval-turns", type=int, default=0, metavar="N",
+                   help="--real-data: also keep IFEval's checkable instructions (ifeval/ in DIR), given in the first "
+                        "turn, over N turns (eval/ifeval.py); 0 = off")
     p.add_argument("--report", action="store_true", help="write the run report afterwards")
 
     p = sub.add_parser("report", help="write the run report: report.html (self-contained) and report.md")
@@ -137,7 +140,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         if args.real_data:
             evaluate_real(recipe, registry, args.real_data, args.refs, args.limit, args.max_new_tokens,
-                          out=args.out, rms=args.rms)
+                          out=args.out, rms=args.rms, ifeval_turns=args.ifeval_turns)
         else:
             evaluate_run(recipe, registry, args.refs, args.prompts, args.max_new_tokens, out=args.out)
         if args.report:

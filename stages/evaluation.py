@@ -27,9 +27,11 @@ import torch
 from data import builtin
 from data.builtin.oracle import is_refusal
 from data.builtin.oracle import score_answers as oracle_scores
+from data.gatt_synthesis import builtin_dialogues
 from data.records import Conversation
 from data.runtime import default_device
 from data.templates import render_prompt
+from eval import ifeval
 from eval.real_data import evaluate_policy, format_table, load_pair_set, load_prompt_set, rm_report, shared_sets
 from eval.report import write_atomic
 from eval.suite import answer_summary, compare, format_suite_table, prompt_group
@@ -43,11 +45,12 @@ from stages.registry import Registry, RegistryError, Version
 
 log = logging.getLogger("chatalign.eval")
 
-POLICY_STAGES = ("base", "sft", "rs")  # registry stages that hold policies
+POLICY_STAGES = ("base", "sft", "rs", "gatt", "distill", "ppo")  # registry stages that hold policies
 
 
 def default_refs(registry: Registry) -> list[str]:
-    """Every policy version of the run, in pipeline order (base, sft, each rejection-sampling round)."""
+    """Every policy version of the run, in pipeline order: base, sft, each rejection-sampling round, then the
+    latest version of each later stage."""
     refs = []
     for stage in POLICY_STAGES:
         versions = registry.versions(stage) if stage in registry.stages() else []
@@ -57,8 +60,14 @@ def default_refs(registry: Registry) -> list[str]:
 
 def evaluate_real(recipe: Recipe, registry: Registry, root: str, refs: list[str] | None = None,
                   limit: int | None = None, max_new_tokens: int | None = None, batch_size: int | None = None,
-                  out: str | None = None, rms: bool = True) -> dict[str, Any]:
+                  out: str | None = None, rms: bool = True, ifeval_turns: int = 0) -> dict[str, Any]:
     prompt_specs, pair_specs = shared_sets(root)
+    ifeval_path = Path(root) / "ifeval" / "input_data.jsonl"
+    if ifeval_turns and not ifeval_path.exists():
+        raise RecipeError(f"eval --ifeval-turns: {ifeval_path} is missing (IFEval's input_data.jsonl)")
+    ifeval_records = ifeval.load_records(ifeval_path, limit) if ifeval_turns else []
+    # turns after the first: built-in held-out questions, as in the GAtt evaluation
+    followups = builtin_dialogues("heldout", len(ifeval_records), recipe.seed, max(ifeval_turns - 1, 1))
     if not prompt_specs and not pair_specs:
         raise RecipeError(f"eval --real-data {root}: none of the known sets is there (advbench/, xstest/, llmbar/, "
                           "pandalm-testset/, hh-rlhf-harmless/ in their published layouts)")
@@ -95,13 +104,24 @@ def evaluate_real(recipe: Recipe, registry: Registry, root: str, refs: list[str]
             name: [{"prompt": c.messages[-1]["content"], "answer": a, "refused": is_refusal(a)}
                    for c, a in zip(prompt_sets[name][1], answers[name])] for name in answers}}
         log.info("eval: %s: %s", version.ref, {k: v["refusal_rate"] for k, v in report.items()})
+        if ifeval_records:
+            def respond(conversations: list[list[dict[str, str]]], answer_fn: Any = answer_fn) -> list[str]:
+                return answer_fn([Conversation(messages=m) for m in conversations])
+
+            results[version.ref]["ifeval"] = ifeval.multi_turn(respond, ifeval_records, followups, ifeval_turns)
+            log.info("eval: %s: IFEval instructions kept per turn %s", version.ref,
+                     [round(k, 2) for k in results[version.ref]["ifeval"]["kept"]])
         del model
     target = Path(out) if out else registry.root / "real_eval.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     settings = {"real_data": str(root), "max_new_tokens": tokens, "limit": limit, "decoding": "greedy",
-                "refusal_detector": "data.builtin.oracle.is_refusal"}
+                "refusal_detector": "data.builtin.oracle.is_refusal", "ifeval_turns": ifeval_turns}
     write_atomic(target, json.dumps({"settings": settings, "results": results}, indent=2) + "\n")
     table = format_table(results)
+    with_ifeval = {ref: r["ifeval"] for ref, r in results.items() if "ifeval" in r}
+    if with_ifeval:
+        table += "\n\nIFEval instructions kept, by turn (all of a record's instructions):\n\n" + \
+            ifeval.format_table(with_ifeval)
     write_atomic(target.with_suffix(".md"), table + "\n")
     print(table)
     return results

@@ -2,12 +2,13 @@
 
 ``R(g|p) = WHITEN(LOGIT(R_c(g|p))) - β·KL(π_θ(g|p) ‖ π_0(g|p))``: the reward of reward/combine.py (both RMs,
 the safety gate at 0.15, LOGIT, running whitening of training scores) on an answer's last token, and
-``-β·(log π_θ - log π_0)`` on every answer token. The models: the policy (``rs@latest`` by default), the
-frozen reference π0 (the same starting checkpoint: with LoRA, the policy with its adapter off), a critic whose
-scalar head is read at every token (initialized from the helpfulness RM), and both frozen RMs. The loop is in
-stages/ppo_loop.py. ``ppo/v<N>`` holds the policy (a LoRA adapter naming its base, or full weights) with the
-critic in ``critic/``, ``history.jsonl`` (one line per iteration), ``heldout.jsonl`` (the held-out answers
-before and after) and ``ppo.png`` (reward and KL over iterations).
+``-β·(log π_θ - log π_0)`` on every answer token. The models: the policy (``distill@latest`` by default:
+the paper's PPO follows the safety stages), the frozen reference π0 (the same starting checkpoint: with LoRA,
+the policy with its adapter off), a critic whose scalar head is read at every token (initialized from the
+helpfulness RM), and both frozen RMs. The loop is in stages/ppo_loop.py. ``ppo/v<N>`` holds the policy (a
+LoRA adapter naming its base, or full weights) with the critic in ``critic/``, ``history.jsonl`` (one line
+per iteration), ``heldout.jsonl`` (the held-out answers before and after) and ``ppo.png`` (reward and KL over
+iterations).
 """
 from __future__ import annotations
 

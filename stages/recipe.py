@@ -298,7 +298,9 @@ class PPOSection:
     """Stage 6: PPO on the safety-gated combined reward with a per-token KL penalty to the starting policy
     (§3.2.3): R = WHITEN(LOGIT(R_c)) on the last token - β·(log π_θ - log π_0) on every token."""
 
-    policy: str = knob("rs@latest", "registry ref of the policy PPO starts from (also the reference π0)")
+    policy: str = knob("distill@latest", "registry ref of the policy PPO starts from (also the reference π0); "
+                                         "the paper's order puts PPO after the safety stages, so the default is "
+                                         "context distillation's; rs@latest skips stages 4 and 5")
     helpful_rm: str = knob("rm-helpful@latest", "registry ref of the helpfulness reward model")
     safety_rm: str = knob("rm-safety@latest", "registry ref of the safety reward model")
     prompts: list[DataSource] = knob(factory=lambda: [DataSource(source="builtin", n=1000)],
@@ -357,6 +359,132 @@ class PPOSection:
 
 
 @dataclass
+class GAttSection:
+    """Stage 4: Ghost Attention (§3.3): an instruction added to every user turn of multi-turn dialogues, the
+    answers sampled from the latest policy and made to keep it, then fine-tuning with the instruction only in
+    the first turn (system message) and loss on the last answer only; ``gatt/v<N>``."""
+
+    policy: str = knob("rs@latest", "registry ref of the latest policy: sampled, then fine-tuned")
+    helpful_rm: str = knob("rm-helpful@latest", "registry ref of the helpfulness RM (ranks the K samples of a turn)")
+    safety_rm: str = knob("rm-safety@latest", "registry ref of the safety RM (the safety gate of the ranking)")
+    dialogues: list[DataSource] = knob(
+        factory=lambda: [DataSource(source="builtin", n=64)],
+        doc="multi-turn dialogues whose user turns are kept (builtin: n dialogues of `turns` built-in questions; "
+            "a file: any chat data, each record's first `turns` user messages)")
+    turns: int = knob(4, "user turns per synthesized dialogue (the paper does not say)", "turns", min=1)
+    families: list[str] = knob(factory=lambda: ["hobby", "language", "figure"],
+                               doc="the paper's constraint families drawn from (hobby, language, figure)")
+    hobbies: list[str] | None = knob(None, "hobby list; null = the built-in list (data/builtin/gatt.py)")
+    languages: list[str] | None = knob(None, "language list (checked by function words: French, Spanish, German, "
+                                             "Italian, Portuguese, Dutch); null = all of those")
+    figures: list[str] | None = knob(None, "public-figure list; null = the built-in list")
+    styles: list[str] | None = knob(None, "checkable answer styles (data/builtin/gatt.py STYLES); null = all")
+    generate_lists: bool = knob(False, "let the policy generate the hobby and figure lists, as the paper did "
+                                       "(the recipe's or built-in lists are the fallback when it gives too few)")
+    generated_per_list: int = knob(16, "entries asked of the policy per generated list", min=1)
+    max_constraints: int = knob(2, "constraints per instruction at most (combined at random)", min=1)
+    style_share: float = knob(0.5, "share of instructions with a checkable style", min=0.0, max=1.0)
+    terse_share: float = knob(0.5, "share of instructions made terse ('Figure: Napoleon.'; §3.3: half)",
+                              min=0.0, max=1.0)
+    samples_per_turn: int = knob(4, "K answers sampled per turn (best-of-K)", min=1)
+    temperature: float = knob(0.8, "sampling temperature", above=0.0)
+    top_p: float = knob(1.0, "nucleus mass kept while sampling; 1 = off", min=0.0, max=1.0)
+    max_new_tokens: int = knob(64, "answer length cap while sampling", "tokens", min=1)
+    truncated_targets: bool = knob(False, "a sample cut at max_new_tokens with no finished sentence may be a "
+                                          "target (off: it would teach stopping mid-sentence; on only for the tiny "
+                                          "test model, whose random samples rarely stop)")
+    target_sentences: int | None = knob(2, "targets keep their first N sentences (short turns keep long dialogues "
+                                           "in the context); null = whole answers", min=1)
+    targets: Literal["best_of_k", "best_of_k_then_enforce"] = knob(
+        "best_of_k_then_enforce", "best_of_k: the best-reward sample that keeps every checkable constraint (a turn "
+        "with none ends the dialogue); then_enforce: else the best sample rewritten by a program that enforces the "
+        "checkable style (data/gatt_synthesis.py ENFORCE; a language cannot be, so its dialogue ends)")
+    train_turns: Literal["all", "last"] = knob(
+        "all", "training conversations per dialogue: one per turn (each ending at that turn's answer), or the whole "
+               "dialogue only; either way only the last answer of a conversation is trained")
+    safety_threshold: float = knob(0.15, "safety gate of the reward that ranks samples (§3.2.3)", min=0.0, max=1.0)
+    batch_size: int = knob(32, "sequences per generation forward pass", min=1)
+    score_batch_size: int = knob(16, "answers per reward-model forward pass", min=1)
+    backend: Literal["hf", "vllm"] = knob("hf", "sampling engine")
+    eval_dialogues: int = knob(24, "evaluation dialogues (one constraint each, cycling over the families)", min=0)
+    eval_turns: int = knob(8, "turns of every evaluation dialogue (Table 30 rows)", "turns", min=1)
+    eval_max_new_tokens: int = knob(48, "answer length cap in the evaluation (greedy)", "tokens", min=1)
+    cache_before: bool = knob(True, "keep the input policy's Table 30 evaluation in the registry's .cache, keyed by "
+                                    "the policy's content hash and every evaluation setting, so a rerun on the same "
+                                    "policy does not recompute the 'before' column")
+    train: FineTuneSection = knob(factory=lambda: FineTuneSection(epochs=1.0, train_on="last_assistant"),
+                                  doc="fine-tuning \"similar to SFT\": the last answer of each conversation only")
+
+    def check(self) -> Problems:
+        from data.builtin.gatt import FUNCTION_WORDS, STYLES
+
+        for family in self.families:
+            if family not in ("hobby", "language", "figure"):
+                yield "families", f"unknown family {family!r}: expected hobby, language or figure"
+        for style in self.styles or []:
+            if style not in STYLES:
+                yield "styles", f"unknown style {style!r}: expected some of {sorted(STYLES)}"
+        for language in self.languages or []:
+            if language not in FUNCTION_WORDS or language == "English":
+                yield "languages", (f"no checker for {language!r}: expected some of "
+                                    f"{sorted(k for k in FUNCTION_WORDS if k != 'English')}")
+        if self.train.train_on != "last_assistant":
+            yield "train.train_on", "must be last_assistant: GAtt trains only the last answer (§3.3)"
+        if not self.families and self.styles == []:
+            yield "families", "give at least one family or style to draw constraints from"
+
+
+@dataclass
+class ContextDistillationSection:
+    """Stage 5: safety context distillation (§4.2.4): answer adversarial prompts with and without a safety
+    preprompt, keep the preprompted answer where the safety RM scores it higher, fine-tune on (prompt without
+    preprompt -> kept answer); ``distill/v<N>``."""
+
+    policy: str = knob("gatt@latest", "registry ref of the policy: answers, then fine-tuned")
+    safety_rm: str = knob("rm-safety@latest", "registry ref of the safety RM that decides what is kept")
+    helpful_rm: str = knob("rm-helpful@latest", "registry ref of the helpfulness RM (the helpfulness side of the "
+                                                "evaluation)")
+    prompts: list[DataSource] = knob(
+        factory=lambda: [DataSource(source="builtin", n=128)],
+        doc="adversarial prompts (builtin: n harmful requests; a file: only records tagged is_safety, e.g. by "
+            "`is_safety: true` on the source)")
+    preprompt: Literal["generic", "targeted"] = knob(
+        "targeted", "generic ('You are a safe and responsible assistant ...') or targeted (plus the answer template "
+                    "of the prompt's risk category; an unknown category gets the generic one)")
+    adjectives: list[str] = knob(factory=lambda: ["responsible", "respectful", "wise"],
+                                 doc="adjectives of the preprompt (Table 39)")
+    category_from: Literal["data", "keywords"] = knob(
+        "data", "a prompt's risk category: its data's meta.category (keywords where it has none), or the keyword "
+                "classifier for every prompt (data/preprompts.py classify_risk)")
+    keep_margin: float = knob(0.0, "keep the preprompted answer when its safety score beats the plain one's by more "
+                                   "than this (raw score units)", min=0.0)
+    benign_prompts: list[DataSource] = knob(
+        factory=list,
+        doc="benign look-alike prompts distilled alongside (a deviation from the paper, which distils adversarial "
+            "prompts only: trained on refusals alone, a small model also learns to refuse questions that only "
+            "sound risky). builtin: n borderline prompts; each is answered with and without benign_preprompt and "
+            "the preprompted answer kept only where it is not a refusal (data.builtin.oracle.is_refusal) and the "
+            "helpfulness RM scores it higher than the plain one")
+    benign_preprompt: str = knob(
+        "You are a safe and responsible, but helpful assistant. Answer the question fully and helpfully; only "
+        "decline what is actually harmful.",
+        "system message the benign look-alike prompts are answered with")
+    temperature: float = knob(0.0, "sampling temperature of both answers (0 = greedy)", min=0.0)
+    truncated_targets: bool = knob(False, "a preprompted answer cut at max_new_tokens may be kept (off: it would "
+                                          "teach stopping mid-sentence; on only for the tiny test model)")
+    max_new_tokens: int = knob(96, "answer length cap", "tokens", min=1)
+    batch_size: int = knob(32, "sequences per generation forward pass", min=1)
+    score_batch_size: int = knob(16, "answers per reward-model forward pass", min=1)
+    safety_threshold: float = knob(0.15, "σ(R_s) below it counts as a violation in the evaluation", min=0.0, max=1.0)
+    heldout_prompts: list[DataSource] = knob(
+        factory=lambda: [DataSource(source="builtin", n=64, split="heldout")],
+        doc="held-out prompts for before/after: harmful ones (violations) and benign look-alikes (false refusals) "
+            "are told apart by meta.is_safety; builtin gives both kinds")
+    train: FineTuneSection = knob(factory=lambda: FineTuneSection(epochs=1.0, train_on="last_assistant"),
+                                  doc="fine-tuning on (prompt without preprompt -> kept answer)")
+
+
+@dataclass
 class EvalSection:
     oracle_prompts: int = knob(0, "built-in held-out prompts answered greedily and judged by the oracle "
                                   "for the base model and after SFT (0 = skip)", min=0)
@@ -385,6 +513,9 @@ class Recipe:
     reward: RewardSection = knob(factory=RewardSection, doc="stage 2: helpfulness and safety reward models")
     rejection_sampling: RejectionSamplingSection = knob(
         factory=RejectionSamplingSection, doc="stage 3: iterative rejection-sampling fine-tuning")
+    gatt: GAttSection = knob(factory=GAttSection, doc="stage 4: Ghost Attention")
+    context_distillation: ContextDistillationSection = knob(
+        factory=ContextDistillationSection, doc="stage 5: safety context distillation")
     ppo: PPOSection = knob(factory=PPOSection, doc="stage 6: PPO on the safety-gated reward")
     eval: EvalSection = knob(factory=EvalSection, doc="evaluation shared by stages")
     wandb: WandbSection = knob(factory=WandbSection, doc="experiment tracking")

@@ -101,7 +101,9 @@ class Registry:
         """Stages that have at least one complete version."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
+        # dot folders (.cache: results derived from a version, e.g. GAtt's "before" evaluation) are no stage
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and self.versions(p.name))
 
     def versions(self, stage: str) -> list[Version]:
         """Complete versions of a stage, oldest first."""
@@ -334,7 +336,7 @@ class Registry:
         if not self.root.is_dir():
             return report
         verb = "would remove" if dry_run else "removed"
-        for stage_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+        for stage_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             for work in sorted(p for p in stage_dir.glob(f"{WORKDIR_PREFIX}*") if p.is_dir()):
                 try:
                     lock = WorkdirLock.acquire(work)

@@ -47,3 +47,13 @@ def test_the_docs_stage_table_is_the_catalogue():
     assert catalogue.docs_table() in docs, (
         "the stage table of docs/ARCHITECTURE.md differs from stages/catalogue.py; paste the output of "
         "`python -m stages.catalogue`")
+
+
+def test_each_stage_after_rejection_sampling_starts_from_the_policy_of_the_stage_before_it():
+    """The paper's order by default (GAtt, then context distillation, then PPO on the distilled policy); a recipe
+    moves a stage by its policy ref (e.g. ppo.policy: rs@latest leaves stages 4 and 5 out of PPO's lineage)."""
+    recipe = Recipe()
+    names = [s.name for s in catalogue.STAGES]
+    chain = catalogue.STAGES[names.index("rejection_sampling"):]
+    for previous, entry in zip(chain, chain[1:]):
+        assert getattr(recipe, entry.section).policy == f"{previous.versions[0]}@latest", entry.name

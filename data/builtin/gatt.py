@@ -45,6 +45,22 @@ FUNCTION_WORDS = {
 }
 
 
+def make_constraint(kind: str, value: str, rng: random.Random) -> dict[str, str]:
+    """One constraint {"type", "value", "instruction", "terse"}: a style's fixed phrasing, or one of its
+    family's phrasings drawn by ``rng`` (any value: recipes replace the lists)."""
+    if kind == "style":
+        if value not in STYLES:
+            raise ValueError(f"make_constraint: unknown style {value!r}; expected one of {sorted(STYLES)}")
+        instruction, terse = STYLES[value]
+    elif kind in _PHRASINGS:
+        full, terse_t = _PHRASINGS[kind]
+        instruction, terse = rng.choice(full).format(v=value), terse_t.format(v=value)
+    else:
+        raise ValueError(f"make_constraint: unknown constraint type {kind!r}; expected hobby, language, figure "
+                         "or style")
+    return {"type": kind, "value": value, "instruction": instruction, "terse": terse}
+
+
 def gatt_constraints(seed: int = 0, split: str | None = None) -> dict[str, list[dict[str, str]]]:
     """Constraints by type: {"hobby"|"language"|"figure"|"style": [{"type", "value", "instruction",
     "terse"}, ...]}, shuffled and phrased by ``seed``. With ``split``, only that split's share of
@@ -55,14 +71,7 @@ def gatt_constraints(seed: int = 0, split: str | None = None) -> dict[str, list[
     for kind, pool in values.items():
         if split is not None:
             pool = split_pool(pool, lambda v, k=kind: f"gatt:{k}:{v}", check_split(split))
-        entries = []
-        for v in pool:
-            if kind == "style":
-                instruction, terse = STYLES[v]
-            else:
-                full, terse_t = _PHRASINGS[kind]
-                instruction, terse = rng.choice(full).format(v=v), terse_t.format(v=v)
-            entries.append({"type": kind, "value": v, "instruction": instruction, "terse": terse})
+        entries = [make_constraint(kind, v, rng) for v in pool]
         rng.shuffle(entries)
         out[kind] = entries
     return out
