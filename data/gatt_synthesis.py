@@ -52,11 +52,14 @@ def terse_form(constraints: Sequence[dict[str, str]]) -> str:
 def sample_instruction(rng: random.Random, lists: dict[str, Sequence[str]], families: Sequence[str],
                        max_constraints: int, style_share: float, terse_share: float) -> Instruction:
     """A random instruction: a checkable style with probability ``style_share``, plus constraints of distinct
-    families from ``families`` (1 to ``max_constraints`` in all, at least one), terse with ``terse_share``."""
+    families from ``families`` (1 to ``max_constraints`` in all, at least one; a language only without a
+    style), terse with ``terse_share``."""
     chosen: list[dict[str, str]] = []
     if "style" in lists and lists["style"] and rng.random() < style_share:
         chosen.append(make_constraint("style", rng.choice(list(lists["style"])), rng))
-    pool = [f for f in families if lists.get(f)]
+    # a language never comes with a style: a small policy rarely answers in the language, no program can make
+    # an answer keep it, and a dialogue without a target ends there, taking the style's targets with it
+    pool = [f for f in families if lists.get(f) and not (chosen and f == "language")]
     low = 0 if chosen else 1
     if not pool and not chosen:
         raise ValueError("sample_instruction: no constraint list to draw from; give a family list or styles")

@@ -65,17 +65,19 @@ def reward_model_from_causal_lm(causal_lm: Any, pad_token_id: int | None = None,
     return model
 
 
-def freeze_below_top_layers(model: Any, top_layers: int) -> int:
-    """Freeze the embeddings and every transformer block except the top ``top_layers``; the final norm
-    and the score head stay trainable. Autograd then never goes below the lowest trainable block, so a
-    step costs one forward plus the backward of the top blocks only. Returns the trainable parameters."""
+def freeze_below_top_layers(model: Any, top_layers: int, head: str = "score", knob: str = "reward.top_layers") -> int:
+    """Freeze the embeddings and every transformer block except the top ``top_layers``; the final norm and the
+    head (the attribute ``head``: a reward model's ``score``, a causal LM's ``lm_head``) stay trainable, except
+    a head tied to the input embeddings, which stays frozen with them. Autograd then never goes below the lowest
+    trainable block, so a step costs one forward plus the backward of the top blocks only. ``knob`` names the
+    recipe setting in errors. Returns the trainable parameters."""
     backbone = getattr(model, model.base_model_prefix)
     blocks = getattr(backbone, "layers", None)
     if blocks is None:
         raise TypeError(f"{type(model).__name__} has no `layers` list of transformer blocks; "
-                        "reward.top_layers needs a decoder of the Llama family (set it to null)")
+                        f"{knob} needs a decoder of the Llama family (set it to null)")
     if not 1 <= top_layers <= len(blocks):
-        raise ValueError(f"reward.top_layers is {top_layers} but the model has {len(blocks)} blocks; "
+        raise ValueError(f"{knob} is {top_layers} but the model has {len(blocks)} blocks; "
                          f"give 1..{len(blocks)}, or null to train all weights")
     for param in backbone.parameters():
         param.requires_grad_(False)
@@ -86,8 +88,11 @@ def freeze_below_top_layers(model: Any, top_layers: int) -> int:
         if getattr(backbone, name, None) is not None:
             for param in getattr(backbone, name).parameters():
                 param.requires_grad_(True)
-    for param in model.score.parameters():
-        param.requires_grad_(True)
+    embedding_ids = {id(p) for p in backbone.get_input_embeddings().parameters()} \
+        if hasattr(backbone, "get_input_embeddings") else set()
+    for param in getattr(model, head).parameters():
+        # a tied head is the embedding matrix: training it would send gradients down through every block
+        param.requires_grad_(id(param) not in embedding_ids)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

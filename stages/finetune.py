@@ -15,6 +15,7 @@ from data.packing import collate, pack_examples
 from data.records import Conversation
 from data.runtime import is_main_process
 from data.templates import count_targets, encode_conversations
+from reward.model import freeze_below_top_layers
 from stages.checkpoint import load_causal_lm, load_tokenizer, save_model
 from stages.common import StageRun
 from stages.engine import LossFn, TrainSettings
@@ -95,6 +96,10 @@ def fine_tune(run: StageRun, section: FineTuneSection, template: str, seed: int,
     adapter names ``parent`` as its base): (trained model, tokenizer, metrics)."""
     tokenizer = load_tokenizer(parent.path)
     model = load_causal_lm(parent.path, run.registry)
+    if section.top_layers is not None:
+        trainable = freeze_below_top_layers(model, section.top_layers, head="lm_head", knob=f"{desc}: top_layers")
+        log.info("%s: training the top %d blocks and the final norm: %.1fM of %.1fM weights", desc,
+                 section.top_layers, trainable / 1e6, sum(p.numel() for p in model.parameters()) / 1e6)
     train_examples, train_stats = prepare_examples(train, tokenizer, section, template, seed)
     heldout_examples, heldout_stats = prepare_examples(heldout, tokenizer, section, template, seed)
     pad_id = tokenizer.pad_token_id

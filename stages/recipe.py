@@ -143,6 +143,14 @@ class FineTuneSection(TrainSection):
     train_on: Literal["all_assistant", "last_assistant"] = knob(
         "last_assistant", "which assistant turns carry loss (prompts never do): all of them, or the last one only "
                           "(a stage's new answer after earlier turns it did not write)")
+    top_layers: int | None = knob(None, "train only the top N transformer blocks and the final norm (and an untied "
+                                        "output head): no backward below them, so a step costs a forward and part "
+                                        "of a backward; null = all weights", "blocks", min=1)
+
+    def check(self) -> Problems:
+        yield from super().check()
+        if self.top_layers is not None and self.lora.enabled:
+            yield "top_layers", "and lora.enabled exclude each other: pick one way to train part of the model"
 
 
 @dataclass

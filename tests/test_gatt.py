@@ -44,6 +44,9 @@ def test_instructions_combine_families_at_random_and_half_are_terse():
     assert 0.4 < sum(inst.terse for inst in instructions) / 400 < 0.6
     assert 0.4 < sum(any(c["type"] == "style" for c in inst.constraints) for inst in instructions) / 400 < 0.6
     assert any(len(inst.constraints) == 2 for inst in instructions)
+    # a language comes alone or with a hobby or figure, never with a checkable style
+    types = [{c["type"] for c in inst.constraints} for inst in instructions]
+    assert not any({"style", "language"} <= t for t in types) and any("language" in t for t in types)
     for inst in instructions[:20]:
         key = "terse" if inst.terse else "instruction"
         assert inst.text == " ".join(c[key] for c in inst.constraints)

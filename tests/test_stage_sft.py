@@ -85,6 +85,41 @@ def test_lora_sft_saves_adapter_with_base_reference(tmp_path):
     assert any("q_proj" in n for n in changed) and not any("norm" in n for n in changed)
 
 
+@pytest.mark.slow
+def test_top_layers_sft_changes_only_the_top_blocks(tmp_path):
+    assert cli(tmp_path, "stage", "base") == 0
+    assert cli(tmp_path, "stage", "sft", overrides=["sft.train.top_layers=1", "sft.train.optim.lr=1e-2"]) == 0
+    registry = Registry(tmp_path / "tiny")
+    trained, base = weights(registry.resolve("sft@latest").path), weights(registry.resolve("base@v1").path)
+    changed = {n for n, p in trained.items() if not torch.equal(p, base[n])}
+    top = max(int(n.split(".")[2]) for n in base if n.startswith("model.layers."))
+    assert changed and all(n.startswith(f"model.layers.{top}.") or n in ("model.norm.weight", "lm_head.weight")
+                           for n in changed), sorted(changed)
+    assert "lm_head.weight" in changed and "model.embed_tokens.weight" not in changed  # the tiny head is untied
+
+
+def test_top_layers_keeps_a_tied_output_head_frozen():
+    from reward.model import freeze_below_top_layers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    freeze_below_top_layers(model, 1, head="lm_head")
+    assert not model.lm_head.weight.requires_grad
+    ids = torch.tensor([[1, 2, 3, 4]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert model.model.layers[0].self_attn.q_proj.weight.grad is None  # nothing below the top block
+    assert model.model.layers[2].self_attn.q_proj.weight.grad is not None
+
+
+def test_recipe_refuses_top_layers_with_lora_in_fine_tuning():
+    from stages.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match="top_layers.*exclude each other"):
+        load_recipe(TINY, overrides=["sft.train.top_layers=1", "sft.train.lora.enabled=true"])
+
+
 def run_cli_process(tmp_path: Path, *args: str) -> subprocess.Popen:
     sets = [x for o in [f"runs_dir={tmp_path}", *LONG] for x in ("--set", o)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
