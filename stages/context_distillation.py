@@ -101,17 +101,22 @@ BENIGN_FILE = "benign_pairs.jsonl"
 
 
 def keep_benign(plain_scores: list[float], preprompted_scores: list[float], usable: list[bool],
-                refused: list[bool], margin: float = 0.0) -> list[bool]:
-    """The gate of the benign look-alikes: the preprompted answer is kept only where it is usable, is not a
-    refusal, and the helpfulness RM scores it higher than the plain answer (by more than ``margin``)."""
-    return [ok and not no and pre > plain + margin
-            for plain, pre, ok, no in zip(plain_scores, preprompted_scores, usable, refused)]
+                refused: list[bool], margin: float = 0.0, plain_refused: list[bool] | None = None) -> list[bool]:
+    """The gate of the benign look-alikes: the preprompted answer is kept only where it is usable and is not a
+    refusal, and either the plain answer is a refusal (a benign prompt refused is the false refusal this branch
+    is there to undo, whatever a weak helpfulness RM thinks of the pair) or the helpfulness RM scores the
+    preprompted answer higher (by more than ``margin``)."""
+    plain_refused = plain_refused or [False] * len(plain_scores)
+    return [ok and not no and (was_refused or pre > plain + margin)
+            for plain, pre, ok, no, was_refused in zip(plain_scores, preprompted_scores, usable, refused,
+                                                       plain_refused)]
 
 
 def benign_pairs(run: StageRun, recipe: Recipe, policy: Version, helpful_rm: Version,
                  prompts: list[Conversation]) -> list[dict[str, Any]]:
-    """Both answers of every benign look-alike prompt (plain, and with ``benign_preprompt``), the helpfulness
-    RM's scores against the prompt without the preprompt, the refusal verdicts and the keep decision."""
+    """Both answers of every benign look-alike prompt (plain, and with ``benign_preprompt``: the best of
+    ``benign_samples`` by the helpfulness RM among the usable non-refusals), the helpfulness RM's scores against
+    the prompt without the preprompt, the refusal verdicts and the keep decision."""
     section = recipe.context_distillation
     path = run.workdir / BENIGN_FILE
     if run.resume and path.exists():
@@ -120,22 +125,45 @@ def benign_pairs(run: StageRun, recipe: Recipe, policy: Version, helpful_rm: Ver
         return []
     preprompted = [Conversation(messages=with_preprompt(p.messages, section.benign_preprompt), meta=p.meta)
                    for p in prompts]
-    samples = sample_answers(policy.path, run.registry, prompts + preprompted, recipe.model.template, 1,
-                             section.temperature, 1.0, section.max_new_tokens, section.batch_size, recipe.seed,
-                             stream="distill-benign", backend="hf")
-    plain, pre = [s[0] for s in samples[:len(prompts)]], [s[0] for s in samples[len(prompts):]]
+    k = section.benign_samples
+    plain = [s[0] for s in sample_answers(policy.path, run.registry, prompts, recipe.model.template, 1,
+                                          section.temperature, 1.0, section.max_new_tokens, section.batch_size,
+                                          recipe.seed, stream="distill-benign", backend="hf")]
+    candidates = sample_answers(policy.path, run.registry, preprompted, recipe.model.template, k,
+                                section.benign_temperature if k > 1 else section.temperature, 1.0,
+                                section.max_new_tokens, section.batch_size, recipe.seed,
+                                stream="distill-benign-preprompted", backend="hf")
     scorer = load_scorer(helpful_rm.path, batch_size=section.score_batch_size, device=default_device())
     conversations = [p.messages for p in prompts]
-    scores = scorer.score(conversations + conversations, [a.text for a in plain] + [a.text for a in pre]).tolist()
-    plain_scores, pre_scores = scores[:len(prompts)], scores[len(prompts):]
+    flat = [a for c in candidates for a in c]
+    scores = scorer.score(conversations + [m for m in conversations for _ in range(k)],
+                          [a.text for a in plain] + [a.text for a in flat]).tolist()
+    plain_scores, cand_scores = scores[:len(prompts)], scores[len(prompts):]
+
+    def ok(answer: Any) -> bool:
+        return bool(answer.text.strip()) and (section.truncated_targets or not answer.truncated) \
+            and not is_refusal(answer.text)
+
+    # per prompt, the best-scored candidate among the usable non-refusals (else the first: it will not be kept)
+    pre, pre_scores, usable_counts = [], [], []
+    for i, group in enumerate(candidates):
+        group_scores = cand_scores[i * k:(i + 1) * k]
+        good = [j for j, a in enumerate(group) if ok(a)]
+        best = max(good, key=lambda j: group_scores[j]) if good else 0
+        pre.append(group[best])
+        pre_scores.append(group_scores[best])
+        usable_counts.append(len(good))
     usable = [bool(a.text.strip()) and (section.truncated_targets or not a.truncated) for a in pre]
     refused = [is_refusal(a.text) for a in pre]
-    keep = keep_benign(plain_scores, pre_scores, usable, refused, section.keep_margin)
+    keep = keep_benign(plain_scores, pre_scores, usable, refused, section.keep_margin,
+                       [is_refusal(a.text) for a in plain])
     rows = [{"prompt_key": prompt_key(p.messages), "prompt_id": p.meta.get("id"), "messages": p.messages,
              "preprompt": section.benign_preprompt, "plain": a.text, "plain_finish": a.finish_reason,
              "plain_helpful": ps, "plain_refusal": is_refusal(a.text), "preprompted": b.text,
-             "preprompted_finish": b.finish_reason, "preprompted_helpful": qs, "preprompted_refusal": r, "keep": k}
-            for p, a, b, ps, qs, r, k in zip(prompts, plain, pre, plain_scores, pre_scores, refused, keep)]
+             "preprompted_finish": b.finish_reason, "preprompted_helpful": qs, "preprompted_refusal": r,
+             "candidates": k, "usable_candidates": n, "keep": kept}
+            for p, a, b, ps, qs, r, n, kept in zip(prompts, plain, pre, plain_scores, pre_scores, refused,
+                                                   usable_counts, keep)]
     write_jsonl(path, rows)
     return rows
 

@@ -472,11 +472,16 @@ class ContextDistillationSection:
             "prompts only: trained on refusals alone, a small model also learns to refuse questions that only "
             "sound risky). builtin: n borderline prompts; each is answered with and without benign_preprompt and "
             "the preprompted answer kept only where it is not a refusal (data.builtin.oracle.is_refusal) and the "
-            "helpfulness RM scores it higher than the plain one")
+            "plain one is, or the helpfulness RM scores it higher than the plain one")
     benign_preprompt: str = knob(
         "You are a safe and responsible, but helpful assistant. Answer the question fully and helpfully; only "
         "decline what is actually harmful.",
         "system message the benign look-alike prompts are answered with")
+    benign_samples: int = knob(1, "preprompted answers sampled per benign look-alike; the kept candidate is the one the "
+                                  "helpfulness RM scores best among those that are usable and not refusals (a "
+                                  "policy that refuses most look-alikes rarely gives a non-refusal in one try)", min=1)
+    benign_temperature: float = knob(0.8, "sampling temperature of the preprompted benign answers when "
+                                          "benign_samples > 1", min=0.0)
     temperature: float = knob(0.0, "sampling temperature of both answers (0 = greedy)", min=0.0)
     truncated_targets: bool = knob(False, "a preprompted answer cut at max_new_tokens may be kept (off: it would "
                                           "teach stopping mid-sentence; on only for the tiny test model)")

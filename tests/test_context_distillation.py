@@ -133,30 +133,44 @@ def test_pairs_score_both_answers_on_the_prompt_without_preprompt(tmp_path, monk
 def test_benign_look_alikes_keep_only_improved_answers_that_are_not_refusals(tmp_path, monkeypatch):
     assert cd.keep_benign([0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 0.5], [True, True, False, True],
                           [False, True, False, False]) == [True, False, False, False]
+    # a non-refusal replacing a refused plain answer is kept even where the RM scores it lower
+    assert cd.keep_benign([1.0, 1.0], [0.5, 0.5], [True, True], [False, True], 0.0, [True, True]) == [True, False]
     prompts = [Conversation(messages=[{"role": "user", "content": f"How do I kill a process {i}?"}],
-                            meta={"is_safety": False}) for i in range(3)]
-    plain = ["I can't help with that.", "Use kill.", "Run kill -9 on it."]
-    preprompted = ["Use the kill command with the process id.", "I'm sorry, I cannot help.", "Use kill."]
-    table = {plain[0]: -1.0, plain[1]: 0.5, plain[2]: 1.0, preprompted[0]: 1.0, preprompted[1]: 2.0,
-             preprompted[2]: 0.0}
-    seen = {}
+                            meta={"is_safety": False}) for i in range(4)]
+    plain = ["Use kill.", "Use kill now.", "Run kill -9 on it.", "I can't help with that."]
+    # two candidates per prompt (benign_samples=2): the best-scored non-refusal is the one compared
+    preprompted = [["I'm sorry, I cannot help.", "Use the kill command with the process id."],
+                   ["I'm sorry, I cannot help.", "I won't help with that."],
+                   ["Use kill.", "Use top."],
+                   ["Use the kill command.", "Try kill."]]
+    table = {plain[0]: 0.0, plain[1]: 0.5, plain[2]: 1.0, plain[3]: 2.0,
+             preprompted[0][0]: 5.0, preprompted[0][1]: 1.0, preprompted[1][0]: 2.0, preprompted[1][1]: 2.0,
+             preprompted[2][0]: 0.0, preprompted[2][1]: 0.2, preprompted[3][0]: -1.0, preprompted[3][1]: -2.0}
+    seen = []
 
-    def fake_sample(model_path, registry, conversations, *args, **kwargs):
-        seen["conversations"] = conversations
-        return [[Answer(t)] for t in plain + preprompted]
+    def fake_sample(model_path, registry, conversations, template, k, *args, **kwargs):
+        seen.append((conversations, k))
+        if len(seen) == 1:
+            return [[Answer(t)] for t in plain]
+        return [[Answer(t) for t in group[:k]] for group in preprompted]
 
     monkeypatch.setattr(cd, "sample_answers", fake_sample)
     monkeypatch.setattr(cd, "load_scorer", lambda path, **kwargs: FakeScorer(table))
     from stages.recipe import load_recipe
 
-    recipe = load_recipe(RECIPE)
+    recipe = load_recipe(RECIPE, overrides=["context_distillation.benign_samples=2"])
     run = SimpleNamespace(workdir=tmp_path, resume=False, registry=None)
     rows = cd.benign_pairs(run, recipe, SimpleNamespace(path=tmp_path), SimpleNamespace(path=tmp_path), prompts)
-    # kept: better and not a refusal; a refusal is never kept however the RM scores it; a worse answer is not
-    assert [r["keep"] for r in rows] == [True, False, False]
-    assert [r["preprompted_refusal"] for r in rows] == [False, True, False]
-    assert seen["conversations"][3].messages[0] == {"role": "system",
-                                                    "content": recipe.context_distillation.benign_preprompt}
+    # 0: the refusal scored 5.0 is passed over for the non-refusal, which beats the plain answer: kept;
+    # 1: only refusals: never kept; 2: the better of two, still worse than the plain answer: not kept;
+    # 3: the plain answer refused: a usable non-refusal is kept though the RM scores it lower
+    assert [r["preprompted"] for r in rows] == [preprompted[0][1], preprompted[1][0], "Use top.",
+                                                "Use the kill command."]
+    assert [r["keep"] for r in rows] == [True, False, False, True]
+    assert [r["usable_candidates"] for r in rows] == [1, 0, 2, 2]
+    assert seen[0][1] == 1 and seen[1][1] == 2
+    assert seen[1][0][0].messages[0] == {"role": "system", "content": recipe.context_distillation.benign_preprompt}
+    assert all(m["role"] != "system" for c in seen[0][0] for m in c.messages)
 
 
 def test_violation_and_false_refusal_metrics(tmp_path):
