@@ -153,8 +153,8 @@ def test_report_of_an_empty_run_is_a_one_line_error(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_pipeline_ends_with_the_suite_and_a_report_that_opens_in_chromium(tiny_rms, tmp_path):
-    """The tiny recipe's stages 3 (one round) and 6 (two iterations) on the shared base/SFT/RMs, then the suite
-    and the report."""
+    """The tiny recipe's stages 3 (one round), 4, 5 and 6 (two iterations) on the shared base/SFT/RMs, then the
+    suite and the report."""
     from stages.cli import main
     from stages.evaluation import collect_run
     from stages.registry import Registry
@@ -166,10 +166,11 @@ def test_pipeline_ends_with_the_suite_and_a_report_that_opens_in_chromium(tiny_r
     root = tmp_path / "tiny"
     suite = json.loads((root / "eval.json").read_text())
     policies = suite["policies"]
-    assert list(policies) == ["base/v1", "sft/v1", "rs/v1", "ppo/v1"]
+    assert list(policies) == ["base/v1", "sft/v1", "rs/v1", "gatt/v1", "distill/v1", "ppo/v1"]
     assert policies["sft/v1"]["kl_sft"]["per_token"] == 0.0 and policies["ppo/v1"]["kl_sft"]["per_token"] >= 0.0
     assert policies["rs/v1"]["against_previous"]["policy"] == "sft/v1"
-    assert policies["ppo/v1"]["against_previous"]["policy"] == "rs/v1"
+    assert policies["gatt/v1"]["against_previous"]["policy"] == "rs/v1"
+    assert policies["ppo/v1"]["against_previous"]["policy"] == "distill/v1"
     assert policies["rs/v1"]["against_sft"]["policy"] == "sft/v1" and "helpful" in policies["rs/v1"]["against_sft"]
     assert all(len(p["answers"]) == 8 for p in policies.values())
     assert set(suite["reward_models"]) == {"rm-helpful/v1", "rm-safety/v1"}
