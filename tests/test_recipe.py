@@ -21,7 +21,7 @@ def test_paper_defaults():
     assert (train.batch_size, train.seq_len, train.packing, train.train_on) == (64, 4096, True, "all_assistant")
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "smollm2-135m.yaml", "llama2-7b.yaml"])
+@pytest.mark.parametrize("name", ["tiny.yaml", "smollm2-135m.yaml", "smollm2-135m-fast.yaml", "llama2-7b.yaml"])
 def test_shipped_recipes_validate(name):
     recipe = load_recipe(RECIPES / name)
     assert recipe.name == name.removesuffix(".yaml")
