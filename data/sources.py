@@ -34,6 +34,7 @@ class DataSource(Protocol):
     part: str                 # "all", or the "train"/"test" part of a seeded split by prompt
     test_fraction: float      # share of prompts in the test part
     is_safety: bool | None    # tag every record as a safety prompt (or not); None = as the data says
+    kinds: list[str] | None   # builtin demonstrations only: the kinds of item to generate; None = the default mix
 
 
 def _fail(key: str, message: str) -> DataError:
@@ -138,14 +139,30 @@ def _load_file(loader: Callable[..., list[Record]], src: DataSource, seed: int, 
     return records
 
 
+def _builtin_mix(kinds: list[str] | None, key: str) -> dict[str, float] | None:
+    """The default mix restricted to ``kinds`` (None: the whole default mix)."""
+    if kinds is None:
+        return None
+    unknown = [k for k in kinds if k not in builtin.KINDS]
+    if unknown or not kinds:
+        raise _fail(key, f"expected some of {list(builtin.KINDS)}, got {list(kinds)}")
+    # the default mix's other keys are helpful tasks
+    return {k: w for k, w in builtin.DEFAULT_MIX.items() if k in kinds or (k not in builtin.KINDS and "helpful" in kinds)}
+
+
 def load_conversations(sources: list[DataSource], seed: int, key: str) -> list[Conversation]:
     """Concatenate every source's conversations; ``key`` names the recipe field for errors."""
     records: list[Conversation] = []
     for i, src in enumerate(sources):
+        kinds = getattr(src, "kinds", None)
         if src.source == "builtin":
-            records.extend(_builtin_part(lambda n, src=src: builtin.build(split=src.split, n=n, seed=seed),
+            mix = _builtin_mix(kinds, f"{key}[{i}].kinds")
+            records.extend(_builtin_part(lambda n, src=src, mix=mix: builtin.build(split=src.split, n=n, seed=seed,
+                                                                                   mix=mix),
                                          src, seed, f"{key}[{i}]"))
         else:
+            if kinds is not None:
+                raise _fail(f"{key}[{i}].kinds", f"only the builtin source has kinds; '{src.source}' gives its own records")
             records.extend(_load_file(loaders.load_conversations, src, seed, f"{key}[{i}]"))
     return records
 

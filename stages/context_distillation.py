@@ -231,7 +231,7 @@ def run(recipe: Recipe, registry: Registry, *, force: bool = False, resume: bool
         train += [Conversation(messages=r["messages"] + [{"role": "assistant", "content": r["preprompted"]}],
                                meta={"category": "benign"}) for r in benign_kept]
         _, tokenizer, metrics = fine_tune(run, section.train, recipe.model.template, recipe.seed, policy, train, [],
-                                          STAGE)
+                                          STAGE, key=f"{SECTION}.train")
         run.metrics.update(metrics)
         by_category: dict[str, dict[str, int]] = {}
         for r in rows:

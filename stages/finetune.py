@@ -13,12 +13,16 @@ from peft import LoraConfig, get_peft_model
 
 from data.packing import collate, pack_examples
 from data.records import Conversation
+from data.runtime import default_device
+from data.sources import load_conversations, prompt_messages
+from data.templates import render_prompt
 from data.runtime import is_main_process
 from data.templates import count_targets, encode_conversations
 from reward.model import freeze_below_top_layers
 from stages.checkpoint import load_causal_lm, load_tokenizer, save_model
 from stages.common import StageRun
 from stages.engine import LossFn, TrainSettings
+from stages.generation import SamplingConfig, generate
 from stages.recipe import FineTuneSection, LoraSection, TrainSection
 from stages.registry import Version
 from stages.trainer import Trainer, causal_lm_loss
@@ -90,12 +94,46 @@ def train_and_save(run: StageRun, model: Any, tokenizer: Any, train_examples: li
     return plain, metrics
 
 
+def self_replay(model: Any, tokenizer: Any, section: FineTuneSection, template: str, seed: int,
+                key: str) -> tuple[list[Conversation], dict[str, int]]:
+    """The model's own greedy answers to ``section.self_replay`` prompts, as conversations to train on; answers
+    cut at ``self_replay_max_new_tokens`` (or empty) are dropped, never trained with an end of turn after them."""
+    prompts = [Conversation(messages=prompt_messages(c), meta=dict(c.meta))
+               for c in load_conversations(section.self_replay, seed, key)]
+    if not prompts:
+        return [], {"prompts": 0, "kept": 0, "truncated": 0}
+    ids = [render_prompt(tokenizer, p.messages, template).input_ids for p in prompts]
+    cfg = SamplingConfig(num_samples=1, temperature=0.0, max_new_tokens=section.self_replay_max_new_tokens,
+                         seed=seed, batch_size=32)
+    was_training = model.training
+    model.eval()
+    completions = [c[0] for c in generate(model.to(default_device()), tokenizer, ids, cfg)]
+    model.train(was_training)
+    kept = [Conversation(messages=[*p.messages, {"role": "assistant", "content": c.text.strip()}],
+                         meta={**p.meta, "self_replay": True})
+            for p, c in zip(prompts, completions) if c.finish_reason == "stop" and c.text.strip()]
+    truncated = sum(c.finish_reason != "stop" for c in completions)
+    return kept, {"prompts": len(prompts), "kept": len(kept), "truncated": truncated}
+
+
 def fine_tune(run: StageRun, section: FineTuneSection, template: str, seed: int, parent: Version,
-              train: list[Conversation], heldout: list[Conversation], desc: str) -> tuple[Any, Any, dict[str, Any]]:
+              train: list[Conversation], heldout: list[Conversation], desc: str, *,
+              key: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """Fine-tune the causal LM ``parent`` on conversations and save the result into the run's workdir (a LoRA
-    adapter names ``parent`` as its base): (trained model, tokenizer, metrics)."""
+    adapter names ``parent`` as its base): (trained model, tokenizer, metrics). The section's ``replay``
+    demonstrations join ``train``; ``key`` names the section in the recipe for errors (default: ``desc.train``)."""
+    replay = load_conversations(section.replay, seed, f"{key or desc + '.train'}.replay") if section.replay else []
+    if replay:
+        log.info("%s: %d stage examples and %d replayed demonstrations", desc, len(train), len(replay))
+        train = [*train, *replay]
     tokenizer = load_tokenizer(parent.path)
     model = load_causal_lm(parent.path, run.registry)
+    anchors, anchor_stats = self_replay(model, tokenizer, section, template, seed,
+                                        f"{key or desc + '.train'}.self_replay") if section.self_replay else ([], {})
+    if anchors:
+        log.info("%s: %d of %d self-replay answers ended on their own and join the training data", desc,
+                 len(anchors), anchor_stats["prompts"])
+        train = [*train, *anchors]
     if section.top_layers is not None:
         trainable = freeze_below_top_layers(model, section.top_layers, head="lm_head", knob=f"{desc}: top_layers")
         log.info("%s: training the top %d blocks and the final norm: %.1fM of %.1fM weights", desc,
@@ -106,5 +144,6 @@ def fine_tune(run: StageRun, section: FineTuneSection, template: str, seed: int,
     plain, metrics = train_and_save(run, model, tokenizer, train_examples, heldout_examples,
                                     lambda batch: collate(batch, pad_id), section, seed, causal_lm_loss, desc,
                                     task_type="CAUSAL_LM", adapter_base=parent)
-    metrics["data"] = {"train": train_stats, "heldout": heldout_stats}
+    metrics["data"] = {"train": train_stats, "heldout": heldout_stats, "replayed": len(replay),
+                       "self_replay": anchor_stats}
     return plain, tokenizer, metrics

@@ -302,7 +302,7 @@ def run(recipe: Recipe, registry: Registry, *, force: bool = False, resume: bool
             raise RecipeError(f"{SECTION}: no dialogue has a single usable target (every sample failed the checkers); "
                               "use targets: best_of_k_then_enforce, more samples_per_turn, or checkable styles")
         _, tokenizer, metrics = fine_tune(run, section.train, recipe.model.template, recipe.seed, policy, train, [],
-                                          STAGE)
+                                          STAGE, key=f"{SECTION}.train")
         run.metrics.update(metrics)
         stats = yield_stats(rows, section.turns)
         hows: dict[str, int] = {}

@@ -79,6 +79,9 @@ class DataSource:
                                 min=0.0, max=1.0)
     is_safety: bool | None = knob(None, "tag every record as a safety prompt (true: e.g. adversarial prompts, "
                                         "scored by the safety RM alone) or not (false); null = as the data says")
+    kinds: list[str] | None = knob(None, "builtin demonstrations only: the kinds of item to generate, some of "
+                                         "helpful, harmful, borderline (benign look-alikes), in the default mix's "
+                                         "proportions; null = all of them")
 
 
 @dataclass
@@ -146,6 +149,16 @@ class FineTuneSection(TrainSection):
     top_layers: int | None = knob(None, "train only the top N transformer blocks and the final norm (and an untied "
                                         "output head): no backward below them, so a step costs a forward and part "
                                         "of a backward; null = all weights", "blocks", min=1)
+    replay: list[DataSource] = knob(
+        factory=list, doc="demonstrations mixed into the stage's own training data (rehearsal): a later stage's "
+                          "narrow data (GAtt dialogues, distilled refusals) then does not wash out what SFT taught; "
+                          "empty = the stage's data alone")
+    self_replay: list[DataSource] = knob(
+        factory=list, doc="prompts the model being fine-tuned answers itself (greedy, before training); answers "
+                          "that end on their own join the training data, anchoring the model's behaviour on what "
+                          "the stage's own data does not cover (e.g. which requests it refuses); empty = none")
+    self_replay_max_new_tokens: int = knob(64, "answer length limit for self_replay (a cut answer is dropped)",
+                                           "tokens", min=1)
 
     def check(self) -> Problems:
         yield from super().check()

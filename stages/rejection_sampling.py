@@ -252,7 +252,8 @@ def round_body(run: StageRun, inputs: RoundInputs) -> None:
     heldout_refs = [Conversation(messages=p.messages + [{"role": "assistant", "content": p.meta["reference"]}])
                     for p in inputs.heldout if isinstance(p.meta.get("reference"), str)]
     model, tokenizer, train_metrics = fine_tune(run, section.train, inputs.recipe.model.template, inputs.recipe.seed,
-                                                inputs.init, train, heldout_refs, f"{STAGE}-round{inputs.index}")
+                                                inputs.init, train, heldout_refs, f"{STAGE}-round{inputs.index}",
+                                                key=f"{SECTION}.train")
     run.metrics.update(train_metrics)
     stats = pool_stats(pool, inputs.index, len(inputs.prompts))
     round_rewards = rewards_of(rows)

@@ -25,7 +25,7 @@ def run(recipe: Recipe, registry: Registry, *, force: bool = False, resume: bool
 
     def body(run: StageRun) -> None:
         _, tokenizer, metrics = fine_tune(run, section.train, recipe.model.template, recipe.seed, parent, train,
-                                          heldout, "sft")
+                                          heldout, "sft", key="sft.train")
         run.metrics.update(metrics)
         if section.oracle_eval and is_main_process():
             # the checkpoint as saved: whole (the trained model may be sharded under ZeRO-3), LoRA merged

@@ -218,3 +218,17 @@ def test_pairs_with_one_expert_label_read_as_preferences(tmp_path):
     from data.records import DataError
     with pytest.raises(DataError, match="label"):
         load_preferences([DataSource(source=str(path))], 0, "reward.helpful.test")
+
+
+def test_builtin_kinds_restrict_the_demonstrations_and_other_sources_refuse_them(tmp_path):
+    only = load_conversations([DataSource(source="builtin", n=12, kinds=["borderline"])], 0, "x.replay")
+    assert len(only) == 12 and {c.meta["kind"] for c in only} == {"borderline"}
+    mixed = load_conversations([DataSource(source="builtin", n=40, kinds=["helpful", "borderline"])], 0, "x")
+    assert {c.meta["kind"] for c in mixed} == {"helpful", "borderline"}
+    assert all(c.meta["kind"] != "harmful" for c in mixed)
+    with pytest.raises(DataError, match=r"x\.replay\[0\]\.kinds.*expected some of"):
+        load_conversations([DataSource(source="builtin", n=4, kinds=["toxic"])], 0, "x.replay")
+    path = tmp_path / "chats.jsonl"
+    write_jsonl(path, [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}])
+    with pytest.raises(DataError, match=r"x\[0\]\.kinds.*only the builtin source"):
+        load_conversations([DataSource(source=str(path), kinds=["helpful"])], 0, "x")

@@ -120,6 +120,23 @@ def test_recipe_refuses_top_layers_with_lora_in_fine_tuning():
         load_recipe(TINY, overrides=["sft.train.top_layers=1", "sft.train.lora.enabled=true"])
 
 
+def test_replayed_demonstrations_join_a_fine_tuning_stages_data(tmp_path, capsys):
+    """`train.replay` (rehearsal): the fine-tuning kit appends the replayed demonstrations to the stage's own
+    examples, counts them in the manifest, and a bad source names its recipe key."""
+    assert cli(tmp_path, "stage", "base") == 0
+    steps = ["sft.train.max_steps=1", "sft.heldout=[{source: builtin, n: 2, split: heldout}]"]
+    assert cli(tmp_path, "stage", "sft", overrides=steps) == 0
+    replay = "sft.train.replay=[{source: builtin, n: 5, split: heldout}]"
+    assert cli(tmp_path, "stage", "sft", overrides=[*steps, replay]) == 0
+    registry = Registry(tmp_path / "tiny")
+    plain, replayed = (registry.resolve(f"sft@v{i}").manifest["metrics"]["data"] for i in (1, 2))
+    assert plain["replayed"] == 0 and replayed["replayed"] == 5
+    assert replayed["train"]["total"] == plain["train"]["total"] + 5
+    assert replayed["train"]["tokens"] > plain["train"]["tokens"]
+    assert cli(tmp_path, "stage", "sft", overrides=[*steps, "sft.train.replay=[{source: builtin, n: 2, kinds: [toxic]}]"]) != 0
+    assert "sft.train.replay[0]" in capsys.readouterr().err
+
+
 def run_cli_process(tmp_path: Path, *args: str) -> subprocess.Popen:
     sets = [x for o in [f"runs_dir={tmp_path}", *LONG] for x in ("--set", o)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -237,3 +254,33 @@ def test_plan_steps_refuses_a_small_batch_that_cannot_split_over_processes():
         plan_steps(5, settings, 2)  # 3 micro-batches for 2 processes
     assert example_length({"chosen_ids": [1, 2, 3], "rejected_ids": [1]}) == 3
     assert example_length({"input_ids": [1, 2]}) == 2
+
+
+def test_self_replay_trains_on_the_models_own_finished_answers_only(monkeypatch):
+    """`train.self_replay`: the parent answers the prompts itself (greedy) before training; an answer cut at the
+    length limit or empty is dropped (never trained with an end of turn after it), the rest join the data."""
+    from types import SimpleNamespace
+
+    from stages import finetune
+    from stages.generation import Completion
+    from stages.recipe import DataSource, FineTuneSection
+
+    section = FineTuneSection(self_replay=[DataSource(source="builtin", n=3, split="heldout")],
+                              self_replay_max_new_tokens=7)
+    seen = {}
+
+    def fake_generate(model, tokenizer, ids, cfg):
+        seen["cfg"], seen["n"] = cfg, len(ids)
+        return [[Completion([1], "Paris.", "stop")], [Completion([1, 2], "It was a long", "length")],
+                [Completion([2], "  ", "stop")]]
+
+    monkeypatch.setattr(finetune, "generate", fake_generate)
+    monkeypatch.setattr(finetune, "render_prompt", lambda tok, messages, template: SimpleNamespace(input_ids=[0]))
+    model = torch.nn.Linear(1, 1)
+    kept, stats = finetune.self_replay(model, None, section, "model", 0, "sft.train.self_replay")
+    assert seen["n"] == 3 and seen["cfg"].temperature == 0.0 and seen["cfg"].max_new_tokens == 7
+    assert stats == {"prompts": 3, "kept": 1, "truncated": 1}
+    (conversation,) = kept
+    assert conversation.messages[-1] == {"role": "assistant", "content": "Paris."}
+    assert conversation.messages[-2]["role"] == "user" and conversation.meta["self_replay"]
+    assert model.training  # left as it was
