@@ -129,7 +129,8 @@ def fine_tune(run: StageRun, section: FineTuneSection, template: str, seed: int,
     tokenizer = load_tokenizer(parent.path)
     model = load_causal_lm(parent.path, run.registry)
     anchors, anchor_stats = self_replay(model, tokenizer, section, template, seed,
-                                        f"{key or desc + '.train'}.self_replay") if section.self_replay else ([], {})
+                                        f"{key or desc + '.train'}.self_replay") if section.self_replay \
+        else ([], {"prompts": 0, "kept": 0, "truncated": 0})
     if anchors:
         log.info("%s: %d of %d self-replay answers ended on their own and join the training data", desc,
                  len(anchors), anchor_stats["prompts"])
