@@ -139,15 +139,9 @@ def _load_file(loader: Callable[..., list[Record]], src: DataSource, seed: int, 
     return records
 
 
-def _builtin_mix(kinds: list[str] | None, key: str) -> dict[str, float] | None:
-    """The default mix restricted to ``kinds`` (None: the whole default mix)."""
-    if kinds is None:
-        return None
-    unknown = [k for k in kinds if k not in builtin.KINDS]
-    if unknown or not kinds:
+def _check_kinds(kinds: list[str] | None, key: str) -> None:
+    if kinds is not None and (not kinds or any(k not in builtin.KINDS for k in kinds)):
         raise _fail(key, f"expected some of {list(builtin.KINDS)}, got {list(kinds)}")
-    # the default mix's other keys are helpful tasks
-    return {k: w for k, w in builtin.DEFAULT_MIX.items() if k in kinds or (k not in builtin.KINDS and "helpful" in kinds)}
 
 
 def load_conversations(sources: list[DataSource], seed: int, key: str) -> list[Conversation]:
@@ -156,9 +150,9 @@ def load_conversations(sources: list[DataSource], seed: int, key: str) -> list[C
     for i, src in enumerate(sources):
         kinds = getattr(src, "kinds", None)
         if src.source == "builtin":
-            mix = _builtin_mix(kinds, f"{key}[{i}].kinds")
-            records.extend(_builtin_part(lambda n, src=src, mix=mix: builtin.build(split=src.split, n=n, seed=seed,
-                                                                                   mix=mix),
+            _check_kinds(kinds, f"{key}[{i}].kinds")
+            records.extend(_builtin_part(lambda n, src=src, kinds=kinds: builtin.build(split=src.split, n=n, seed=seed,
+                                                                                       kinds=kinds),
                                          src, seed, f"{key}[{i}]"))
         else:
             if kinds is not None:

@@ -13,11 +13,9 @@ from peft import LoraConfig, get_peft_model
 
 from data.packing import collate, pack_examples
 from data.records import Conversation
-from data.runtime import default_device
+from data.runtime import default_device, is_main_process
 from data.sources import load_conversations, prompt_messages
-from data.templates import render_prompt
-from data.runtime import is_main_process
-from data.templates import count_targets, encode_conversations
+from data.templates import count_targets, encode_conversations, render_prompt
 from reward.model import freeze_below_top_layers
 from stages.checkpoint import load_causal_lm, load_tokenizer, save_model
 from stages.common import StageRun
@@ -122,15 +120,14 @@ def fine_tune(run: StageRun, section: FineTuneSection, template: str, seed: int,
     """Fine-tune the causal LM ``parent`` on conversations and save the result into the run's workdir (a LoRA
     adapter names ``parent`` as its base): (trained model, tokenizer, metrics). The section's ``replay``
     demonstrations join ``train``; ``key`` names the section in the recipe for errors (default: ``desc.train``)."""
-    replay = load_conversations(section.replay, seed, f"{key or desc + '.train'}.replay") if section.replay else []
+    key = key or f"{desc}.train"
+    replay = load_conversations(section.replay, seed, f"{key}.replay") if section.replay else []
     if replay:
         log.info("%s: %d stage examples and %d replayed demonstrations", desc, len(train), len(replay))
         train = [*train, *replay]
     tokenizer = load_tokenizer(parent.path)
     model = load_causal_lm(parent.path, run.registry)
-    anchors, anchor_stats = self_replay(model, tokenizer, section, template, seed,
-                                        f"{key or desc + '.train'}.self_replay") if section.self_replay \
-        else ([], {"prompts": 0, "kept": 0, "truncated": 0})
+    anchors, anchor_stats = self_replay(model, tokenizer, section, template, seed, f"{key}.self_replay")
     if anchors:
         log.info("%s: %d of %d self-replay answers ended on their own and join the training data", desc,
                  len(anchors), anchor_stats["prompts"])

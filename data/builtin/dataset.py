@@ -97,14 +97,15 @@ def _mix_for(kinds: Sequence[str] | None, mix: Mapping[str, float] | None) -> Ma
     return {k: w for k, w in DEFAULT_MIX.items() if k in kinds or (k in TASKS and "helpful" in kinds)}
 
 
-def build(split: str, n: int, seed: int, mix: Mapping[str, float] | None = None) -> list[Conversation]:
+def build(split: str, n: int, seed: int, mix: Mapping[str, float] | None = None,
+          kinds: Sequence[str] | None = None) -> list[Conversation]:
     """n demonstrations (user prompt + reference assistant answer) for a split.
 
     ``mix`` maps kinds ("helpful", "harmful", "borderline"), helpful task names, risk categories or
     subcategories to weights; default DEFAULT_MIX (55% helpful, a fifth of it open questions, 25%
-    harmful, 20% borderline).
+    harmful, 20% borderline); ``kinds`` keeps only those kinds of the default mix, in its proportions.
     """
-    items = _items(split, n, seed, mix, "items")
+    items = _items(split, n, seed, _mix_for(kinds, mix), "items")
     pick = random.Random(f"builtin:answers:{split}:{seed}")
     out = []
     for i, item in enumerate(items):
