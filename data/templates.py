@@ -6,6 +6,8 @@ elsewhere, and the model shifts them internally (label[t] is predicted from toke
 """
 from __future__ import annotations
 
+import json
+
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, NamedTuple
 
@@ -51,6 +53,16 @@ def _apply_model_template(tokenizer: Any, messages: Messages, add_generation_pro
     if not isinstance(text, str):
         raise TemplateError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, expected str")
     return text
+
+
+def with_default_system(chat_template: str, system_prompt: str) -> str:
+    """``chat_template`` rendering every conversation that has no system message as if it began with
+    ``system_prompt``: the template's own default system text (SmolLM2's is ~20 tokens on every sequence)
+    never appears. Works for any template that accepts a system message."""
+    content = json.dumps(system_prompt)  # a JSON string is a valid Jinja string literal
+    return ("{%- if not messages or messages[0]['role'] != 'system' %}"
+            f"{{%- set messages = [{{'role': 'system', 'content': {content}}}] + messages %}}{{%- endif %}}"
+            + chat_template)
 
 
 def _first_difference(a: str, b: str) -> int:

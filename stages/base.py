@@ -16,6 +16,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from data.runtime import is_main_process
+from data.templates import with_default_system
 from stages.catalogue import stage
 from stages.checkpoint import DTYPES
 from stages.common import StageRun, run_stage
@@ -143,6 +144,11 @@ def build_base(section: ModelSection, seed: int = 0) -> tuple[Any, Any]:
     if tokenizer.chat_template is None and section.template == "model":
         raise RecipeError(f"model.template: the tokenizer of {section.path or section.source} has no chat "
                           "template; set model.template: llama2")
+    if section.system_prompt is not None:
+        if section.template != "model":
+            raise RecipeError("model.system_prompt: only for template 'model' (the tokenizer's chat template); "
+                              "template 'llama2' adds no default system message")
+        tokenizer.chat_template = with_default_system(tokenizer.chat_template, section.system_prompt)
     fix_special_tokens(model, tokenizer)
     return model, tokenizer
 

@@ -10,6 +10,7 @@ the step is split into micro-batches or processes.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -57,6 +58,16 @@ class TrainSettings:
                    epochs=section.epochs, max_steps=section.max_steps, precision=section.precision,
                    checkpoint_every=section.checkpoint_every, eval_every=section.eval_every,
                    gradient_checkpointing=section.gradient_checkpointing, seed=seed)
+
+
+def keeps_logits(model: Any) -> bool:
+    """Whether the causal LM under ``model`` (a DDP / DeepSpeed wrapper or a peft model around it, whose own
+    signatures hide it) takes ``logits_to_keep``: the output head then runs on the last positions only."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def resolve_precision(precision: str) -> str:

@@ -11,7 +11,6 @@ from a checkpoint repeats the uninterrupted one.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -30,7 +29,7 @@ from data.records import Conversation, prompt_key
 from data.templates import render_prompt
 from reward.combine import Whitener, kl_penalized_rewards
 from stages.common import StageError
-from stages.engine import TrainEngine, TrainSettings, grad_accumulation, latest_checkpoint
+from stages.engine import TrainEngine, TrainSettings, grad_accumulation, keeps_logits, latest_checkpoint
 from stages.generation import SamplingConfig, answer, generate, token_logprobs
 from stages.recipe import PPOSection, RecipeError
 
@@ -183,16 +182,6 @@ def collate_rollouts(rows: list[Rollout], pad_id: int, keys: tuple[str, ...] = (
             out[k][i, :n] = r.values[k]
     return {"input_ids": input_ids, "attention_mask": attention_mask, "index": index, "tokens": tokens,
             "mask": mask, **out}
-
-
-def keeps_logits(model: Any) -> bool:
-    """Whether the causal LM under ``model`` (a DDP / DeepSpeed wrapper or a peft model around it, whose own
-    signatures hide it) takes ``logits_to_keep``: the output head then runs on the last positions only."""
-    while hasattr(model, "module"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def answer_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -46,6 +46,10 @@ class ModelSection:
     dtype: Literal["float32", "bfloat16", "float16"] = knob("float32", "dtype the base checkpoint is saved in")
     template: Literal["model", "llama2"] = knob(
         "model", "chat format: the tokenizer's own chat template, or Llama 2's [INST] <<SYS>> format")
+    system_prompt: str | None = knob(
+        None, "system message given to every conversation that has none, written into the saved chat template "
+        "(template: model); null keeps the template's own default (SmolLM2's adds ~20 tokens to every sequence); "
+        "'' gives an empty one")
     tiny: TinyModel = knob(factory=TinyModel, doc="sizes of the tiny random model (source: tiny)")
 
     def check(self) -> Problems:

@@ -14,7 +14,7 @@ from data.converters import (detect_format, parse_hh_text, to_conversation, to_p
 from data.loaders import fingerprint_records, load_conversations, load_preferences, write_jsonl
 from data.packing import collate, pack_examples
 from data.records import Conversation, DataError, Preference
-from data.templates import (IGNORE_INDEX, TemplateError, count_targets, encode_conversation,
+from data.templates import (IGNORE_INDEX, with_default_system, TemplateError, count_targets, encode_conversation,
                             encode_conversations, render, render_prompt)
 from stages.tiny import build_tiny_model, build_tiny_tokenizer
 
@@ -285,6 +285,23 @@ def test_render_prompt_model_template(tok):
     assert prompt.text.endswith("How are you?<|im_end|>\n<|im_start|>assistant\n")
     with pytest.raises(DataError, match="last message"):
         render_prompt(tok, CHAT)
+
+
+def test_default_system_prompt_replaces_the_templates_own(tok):
+    """model.system_prompt: a conversation without a system message renders with the given one, never with
+    the template's built-in default (SmolLM2's); one with a system message is unchanged; masks still work."""
+    smollm_like = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                   "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM<|im_end|>\n' }}{% endif %}"
+                   "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}"
+                   "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    tok2 = build_tiny_tokenizer()
+    tok2.chat_template = with_default_system(smollm_like, "")
+    text, _ = render(tok2, CHAT[1:3])
+    assert text == "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+    assert render(tok2, CHAT)[0] == render(tok, CHAT)[0]  # its own system message wins
+    assert trained_text(tok2, encode_conversation(tok2, CHAT[1:])) == "Hello!<|im_end|>\nFine.<|im_end|>\n"
+    tok2.chat_template = with_default_system(smollm_like, 'Say "it\'s" {{ x }}\n')  # quotes and braces stay text
+    assert render_prompt(tok2, CHAT[1:2]).text.startswith('<|im_start|>system\nSay "it\'s" {{ x }}\n<|im_end|>')
 
 
 def test_template_that_is_not_prefix_stable_is_rejected(tok):

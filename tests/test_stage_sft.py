@@ -223,6 +223,51 @@ def test_loss_ignores_prompt_positions():
     assert not torch.allclose(base_loss, answer_loss)
 
 
+def test_loss_with_the_head_on_trained_positions_only_equals_the_full_loss():
+    """causal_lm_loss runs the output head only where some row's next token is trained: the loss and every
+    gradient equal those of the plain cross-entropy over all logits, for rows of different lengths."""
+    import torch.nn.functional as F
+
+    from data.packing import collate
+    from data.templates import encode_conversation
+    from stages.engine import keeps_logits
+    from stages.tiny import build_tiny_model, build_tiny_tokenizer
+    from stages.trainer import causal_lm_loss
+
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model(tok)
+    assert keeps_logits(model)
+    rows = [encode_conversation(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+            for q, a in [("What is 2 + 3?", "2 + 3 = 5."), ("Name a colour, please, any colour at all.", "Blue.")]]
+    batch = collate([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in rows], tok.pad_token_id)
+    loss, units, _ = causal_lm_loss(model, batch)
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    expected = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100,
+                               reduction="sum")
+    expected_grads = torch.autograd.grad(expected, list(model.parameters()), allow_unused=True)
+    assert int(units) == int((labels != -100).sum())
+    torch.testing.assert_close(loss, expected)
+    for g, e in zip(grads, expected_grads):
+        assert (g is None) == (e is None)
+        if g is not None:
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
+def test_base_writes_the_recipes_system_prompt_into_the_saved_template(tmp_path):
+    """model.system_prompt: the saved tokenizer renders a conversation without a system message with the
+    recipe's one (so every later stage, the evaluation and the server agree); template llama2 refuses it."""
+    from transformers import AutoTokenizer
+
+    assert cli(tmp_path, "stage", "base", overrides=["model.system_prompt=Be kind."]) == 0
+    tok = AutoTokenizer.from_pretrained(Registry(tmp_path / "tiny").resolve("base@latest").path)
+    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert text == "<|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert cli(tmp_path, "stage", "base", "--force", overrides=["model.system_prompt=Be kind.",
+                                                                 "model.template=llama2"]) == 2
+
+
 @pytest.mark.slow
 def test_base_imports_a_local_hf_directory(tmp_path):
     """model.source local: any HF checkpoint directory becomes base/v1, loadable with from_pretrained."""
