@@ -1,8 +1,11 @@
 """Speed levers for training on a CPU, one optimizer step at a time: full fp32 weights, LoRA (rank 16 on every
 projection), only the top N blocks trained (topN: fine-tuning's `train.top_layers`), bf16 autocast, bf16
-weights. SmolLM2-135M (or any checkpoint folder), a batch of 2 x 512 random tokens, AdamW.
+weights. SmolLM2-135M (or any checkpoint folder), a batch of 2 x 512 random tokens, AdamW. Two levers train on
+2 real packed 512-token SFT sequences of built-in demonstrations (answer-only loss) through the SFT loss
+(stages.trainer.causal_lm_loss): sft (as shipped: the output head only where a next token is trained) and
+sft-allhead (the same batch with the head on every position).
 
-    python bench/bench_levers.py runs/smollm2-135m/base/v1 fp32 lora top8 top12 autocast bf16w [--steps 3]
+    python bench/bench_levers.py runs/smollm2-135m/base/v1 fp32 lora top8 top12 autocast bf16w sft sft-allhead [--steps 3]
 
 Prints training tokens/s per lever (the first step, a warm-up, is not timed).
 """
@@ -38,8 +41,20 @@ def tokens_per_s(path: str, lever: str, steps: int, batch: int = 2, seq: int = 5
     model.train()
     x = torch.randint(0, model.config.vocab_size, (batch, seq))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    if lever.startswith("sft"):
+        sft_batch = real_sft_batch(path, batch, seq)
+        target = model if lever == "sft" else HeadOnEveryPosition(model)
+        n_tokens = int(sft_batch["attention_mask"].sum())
 
     def step():
+        if lever.startswith("sft"):
+            from stages.trainer import causal_lm_loss
+
+            loss = causal_lm_loss(target, sft_batch)[0]
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            return
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=lever == "autocast"):
             loss = model(input_ids=x, labels=x).loss
         loss.backward()
@@ -50,7 +65,34 @@ def tokens_per_s(path: str, lever: str, steps: int, batch: int = 2, seq: int = 5
     start = time.time()
     for _ in range(steps):
         step()
-    return batch * seq * steps / (time.time() - start)
+    return (n_tokens if lever.startswith("sft") else batch * seq) * steps / (time.time() - start)
+
+
+class HeadOnEveryPosition(torch.nn.Module):
+    """The model behind a forward without ``logits_to_keep``: the SFT loss then runs the head everywhere."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=use_cache)
+
+
+def real_sft_batch(path: str, batch: int, seq: int) -> dict:
+    """The first ``batch`` packed ``seq``-token sequences of 320 built-in SFT demonstrations, answer-only labels."""
+    from transformers import AutoTokenizer
+
+    from data.builtin import dataset
+    from data.packing import collate, pack_examples
+    from data.templates import encode_conversations
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    examples, _ = encode_conversations(tokenizer, dataset.build("train", 320, 0), max_length=seq)
+    packed = pack_examples([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples], seq,
+                           shuffle_seed=0)
+    return collate(packed[:batch], tokenizer.pad_token_id)
 
 
 def main() -> None:
@@ -60,9 +102,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
     for lever in args.levers:
-        if lever not in ("fp32", "lora", "autocast", "bf16w") and not (lever.startswith("top") and lever[3:].isdigit()):
-            parser.error(f"unknown lever {lever!r}: expected fp32, lora, top<N>, autocast or bf16w")
+        known = lever in ("fp32", "lora", "autocast", "bf16w", "sft", "sft-allhead")
+        if not known and not (lever.startswith("top") and lever[3:].isdigit()):
+            parser.error(f"unknown lever {lever!r}: expected fp32, lora, top<N>, autocast, bf16w, sft or sft-allhead")
     print(f"{command_line()}\n{machine()}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     for lever in args.levers:
         print(f"{lever}: {tokens_per_s(args.model, lever, args.steps):.0f} training tokens/s", flush=True)
 
