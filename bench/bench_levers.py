@@ -42,9 +42,8 @@ def tokens_per_s(path: str, lever: str, steps: int, batch: int = 2, seq: int = 5
     x = torch.randint(0, model.config.vocab_size, (batch, seq))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     if lever.startswith("sft"):
-        sft_batch = real_sft_batch(path, batch, seq)
+        sft_batch, n_tokens = real_sft_batch(path, batch, seq)
         target = model if lever == "sft" else HeadOnEveryPosition(model)
-        n_tokens = int(sft_batch["attention_mask"].sum())
 
     def step():
         if lever.startswith("sft"):
@@ -80,8 +79,9 @@ class HeadOnEveryPosition(torch.nn.Module):
                           use_cache=use_cache)
 
 
-def real_sft_batch(path: str, batch: int, seq: int) -> dict:
-    """The first ``batch`` packed ``seq``-token sequences of 320 built-in SFT demonstrations, answer-only labels."""
+def real_sft_batch(path: str, batch: int, seq: int) -> tuple[dict, int]:
+    """The first ``batch`` packed ``seq``-token sequences of 320 built-in SFT demonstrations (answer-only labels),
+    and their real (unpadded) token count."""
     from transformers import AutoTokenizer
 
     from data.builtin import dataset
@@ -92,7 +92,7 @@ def real_sft_batch(path: str, batch: int, seq: int) -> dict:
     examples, _ = encode_conversations(tokenizer, dataset.build("train", 320, 0), max_length=seq)
     packed = pack_examples([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples], seq,
                            shuffle_seed=0)
-    return collate(packed[:batch], tokenizer.pad_token_id)
+    return collate(packed[:batch], tokenizer.pad_token_id), sum(len(p["input_ids"]) for p in packed[:batch])
 
 
 def main() -> None:
