@@ -7,7 +7,6 @@ elsewhere, and the model shifts them internally (label[t] is predicted from toke
 from __future__ import annotations
 
 import json
-
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, NamedTuple
 

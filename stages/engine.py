@@ -62,7 +62,7 @@ class TrainSettings:
 
 def keeps_logits(model: Any) -> bool:
     """Whether the causal LM under ``model`` (a DDP / DeepSpeed wrapper or a peft model around it, whose own
-    signatures hide it) takes ``logits_to_keep``: the output head then runs on the last positions only."""
+    signatures hide it) takes ``logits_to_keep``: the output head then runs only on the positions asked for."""
     while hasattr(model, "module"):
         model = model.module
     if hasattr(model, "get_base_model"):
