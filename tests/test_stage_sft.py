@@ -240,10 +240,15 @@ def test_loss_with_the_head_on_trained_positions_only_equals_the_full_loss():
     rows = [encode_conversation(tok, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
             for q, a in [("What is 2 + 3?", "2 + 3 = 5."), ("Name a colour, please, any colour at all.", "Blue.")]]
     batch = collate([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in rows], tok.pad_token_id)
+    head_rows = []
+    hook = model.lm_head.register_forward_hook(lambda m, inputs, out: head_rows.append(inputs[0].shape[1]))
     loss, units, _ = causal_lm_loss(model, batch)
+    hook.remove()
+    labels = batch["labels"][:, 1:]
+    # the head ran exactly on the positions whose next token is trained in some row: fewer than all of them
+    assert head_rows == [int((labels != -100).any(0).sum())] and head_rows[0] < batch["input_ids"].shape[1] - 1
     grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
     expected = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100,
                                reduction="sum")
     expected_grads = torch.autograd.grad(expected, list(model.parameters()), allow_unused=True)
