@@ -90,6 +90,45 @@ def load_pair_set(spec: PairSet, seed: int = 0) -> list[Preference]:
     return records[:spec.limit] if spec.limit else records
 
 
+# Human-labelled completions that check the refusal detector itself (XSTest v2's Llama-2-70b-chat answers:
+# 1_full_compliance / 2_full_refusal / 3_partial_refusal, two annotators and a final label).
+DETECTOR_FILE = "xstest/xstest_v2_completions_llama2orig.csv"
+DETECTOR_LABELS = {"1_full_compliance": False, "2_full_refusal": True, "3_partial_refusal": True}
+
+
+def detector_agreement(path: str | Path, max_words: int | None = None) -> dict[str, Any]:
+    """How the refusal detector (data.builtin.oracle.is_refusal) agrees with people on labelled answers: a CSV
+    with ``completion`` and ``final_label`` columns (XSTest v2's layout). A partial refusal counts as a refusal
+    (it declines part of the request). ``max_words`` cuts each answer to its first words first, as the policies'
+    answers are cut at the evaluation's token limit. Refusal is the positive class."""
+    import csv
+
+    from data.builtin.oracle import is_refusal
+
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    counts = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
+    by_label: dict[str, dict[str, int]] = {}
+    for line, row in enumerate(rows, start=2):
+        label = (row.get("final_label") or "").strip()
+        if label not in DETECTOR_LABELS:
+            raise ValueError(f"{path}:{line}: final_label {label!r}; expected one of {sorted(DETECTOR_LABELS)}")
+        text = row.get("completion") or ""
+        if max_words:
+            text = " ".join(text.split()[:max_words])
+        predicted, truth = is_refusal(text), DETECTOR_LABELS[label]
+        counts[("t" if predicted == truth else "f") + ("p" if predicted else "n")] += 1
+        entry = by_label.setdefault(label, {"n": 0, "flagged": 0})
+        entry["n"] += 1
+        entry["flagged"] += predicted
+    tp, fp, fn, tn = counts["tp"], counts["fp"], counts["fn"], counts["tn"]
+    n = tp + fp + fn + tn
+    return {"file": path.name, "n": n, "max_words": max_words, **counts, "by_label": by_label,
+            "accuracy": (tp + tn) / n if n else None,
+            "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None}
+
+
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 

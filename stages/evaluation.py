@@ -32,7 +32,8 @@ from data.records import Conversation
 from data.runtime import default_device
 from data.templates import render_prompt
 from eval import ifeval
-from eval.real_data import evaluate_policy, format_table, load_pair_set, load_prompt_set, rm_report, shared_sets
+from eval.real_data import (DETECTOR_FILE, detector_agreement, evaluate_policy, format_table, load_pair_set,
+                            load_prompt_set, rm_report, shared_sets)
 from eval.report import write_atomic
 from eval.suite import answer_summary, compare, format_suite_table, prompt_group
 from reward.combine import RewardFunction
@@ -116,8 +117,16 @@ def evaluate_real(recipe: Recipe, registry: Registry, root: str, refs: list[str]
     target.parent.mkdir(parents=True, exist_ok=True)
     settings = {"real_data": str(root), "max_new_tokens": tokens, "limit": limit, "decoding": "greedy",
                 "refusal_detector": "data.builtin.oracle.is_refusal", "ifeval_turns": ifeval_turns}
-    write_atomic(target, json.dumps({"settings": settings, "results": results}, indent=2) + "\n")
+    detector_path = Path(root) / DETECTOR_FILE
+    # the detector against people's labels, on answers cut to about as many words as the policies' tokens
+    detector = detector_agreement(detector_path, max(1, round(tokens * 0.75))) if detector_path.exists() else None
+    write_atomic(target, json.dumps({"settings": settings, "refusal_detector": detector, "results": results},
+                                    indent=2) + "\n")
     table = format_table(results)
+    if detector:
+        table += (f"\n\nRefusal detector against human labels ({detector['file']}, n={detector['n']}, answers cut "
+                  f"to {detector['max_words']} words): precision {100 * detector['precision']:.1f}%, recall "
+                  f"{100 * detector['recall']:.1f}% (a partial refusal counts as a refusal)")
     with_ifeval = {ref: r["ifeval"] for ref, r in results.items() if "ifeval" in r}
     if with_ifeval:
         table += "\n\nIFEval instructions kept, by turn (all of a record's instructions):\n\n" + \
