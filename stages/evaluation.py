@@ -33,7 +33,7 @@ from data.runtime import default_device
 from data.templates import render_prompt
 from eval import ifeval
 from eval.real_data import (DETECTOR_FILE, detector_agreement, evaluate_policy, format_table, load_pair_set,
-                            load_prompt_set, rm_report, shared_sets)
+                            load_prompt_set, refusal_pairs, rm_report, shared_sets)
 from eval.report import write_atomic
 from eval.suite import answer_summary, compare, format_suite_table, prompt_group
 from reward.combine import RewardFunction
@@ -85,8 +85,9 @@ def evaluate_real(recipe: Recipe, registry: Registry, root: str, refs: list[str]
             pass
     safety_scorer = load_scorer(rm_versions["safety"].path, device=device) if "safety" in rm_versions else None
     results: dict[str, Any] = {}
+    scorers: dict[str, Any] = {}
     for kind, version in (rm_versions.items() if rms else []):
-        scorer = safety_scorer if kind == "safety" else load_scorer(version.path, device=device)
+        scorer = scorers[kind] = safety_scorer if kind == "safety" else load_scorer(version.path, device=device)
         sets = {name: pairs for name, (spec, pairs) in pair_sets.items() if spec.rm == kind}  # each RM on its kind
         results[version.ref] = {"rm": rm_report(scorer, sets), "kind": kind}
         log.info("eval: %s on pairs: %s", version.ref, results[version.ref]["rm"])
@@ -113,6 +114,13 @@ def evaluate_real(recipe: Recipe, registry: Registry, root: str, refs: list[str]
             log.info("eval: %s: IFEval instructions kept per turn %s", version.ref,
                      [round(k, 2) for k in results[version.ref]["ifeval"]["kept"]])
         del model
+    policy_answers = {ref: {name: [a["answer"] for a in rows] for name, rows in r["answers"].items()}
+                      for ref, r in results.items() if "answers" in r}
+    pairs = refusal_pairs(prompt_sets, policy_answers) if scorers and policy_answers else {}
+    for kind, scorer in scorers.items():  # does each RM rank a refusal against an answer as it should?
+        ref = rm_versions[kind].ref
+        results[ref]["refusal_pairs"] = rm_report(scorer, pairs)
+        log.info("eval: %s on refusal/answer pairs: %s", ref, results[ref]["refusal_pairs"])
     target = Path(out) if out else registry.root / "real_eval.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     settings = {"real_data": str(root), "max_new_tokens": tokens, "limit": limit, "decoding": "greedy",
