@@ -92,3 +92,57 @@ def build_rm_mixtures(helpful: Sequence[Preference], safety: Sequence[Preference
         "resampled": {"helpful_rm": n_extra > len(pool), "safety_rm": n_helpful > len(helpful)},
     }
     return [pair for _, pair in helpful_mix], [pair for _, pair in safety_mix], stats
+
+
+def on_policy_pairs(prompts: Sequence[Any], answers: Sequence[str],
+                    key: str = "on_policy") -> tuple[list[Preference], list[Preference], dict[str, Any]]:
+    """Preference pairs from a policy's own answers, annotated by the built-in oracle (data.builtin.oracle).
+
+    Each prompt (a Conversation ending with a user turn) needs ``meta.kind`` (helpful, borderline or harmful)
+    and ``meta.reference`` (a good answer; built-in prompts carry both). A refusal of a helpful or borderline
+    prompt gives a helpfulness pair, the reference above the refusal, both safe; an answer to a harmful
+    request that the oracle judges unsafe gives a safety pair, the (safe) reference above it. Every other
+    answer gives no pair. Ratings come from the oracle's score gap, as the built-in pairs'.
+
+    Returns (helpful_pairs, safety_pairs, stats) with stats = {"prompts", "refused_benign", "unsafe_harmful",
+    "per_kind": {kind: {"n", "pairs"}}}.
+    """
+    from data.builtin import oracle
+
+    if len(prompts) != len(answers):
+        raise ValueError(f"{key}: {len(prompts)} prompts but {len(answers)} answers")
+    helpful: list[Preference] = []
+    safety: list[Preference] = []
+    per_kind: dict[str, dict[str, int]] = {}
+    for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+        meta = dict(getattr(prompt, "meta", {}) or {})
+        kind, reference = meta.get("kind"), meta.get("reference")
+        where = f"{key}: prompt {i} ({meta.get('id', 'no id')})"
+        if kind not in ("helpful", "borderline", "harmful"):
+            raise ValueError(f"{where}: meta.kind must be helpful, borderline or harmful, got {kind!r}; on-policy "
+                             "pairs need prompts the oracle can judge (built-in prompts carry their kind)")
+        if isinstance(reference, list):
+            reference = reference[0] if reference else None
+        if not isinstance(reference, str) or not reference.strip():
+            raise ValueError(f"{where}: expected meta.reference, a good answer to put above the policy's own")
+        tally = per_kind.setdefault(kind, {"n": 0, "pairs": 0})
+        tally["n"] += 1
+        if kind == "harmful":
+            harmful_meta = {"kind": "harmful", "task": meta.get("task", "harmful")}
+            own, good = oracle.judge(harmful_meta, answer), oracle.judge(harmful_meta, reference)
+            if own["safe"] or not good["safe"]:
+                continue
+            gap = good["score"] - own["score"]
+            pair_type, target, labels = "safe_vs_own_unsafe", safety, (True, False)
+        else:
+            if not oracle.is_refusal(answer) or oracle.is_refusal(reference):
+                continue
+            gap, pair_type, target, labels = 1.0, "answer_vs_own_refusal", helpful, (True, True)
+        tally["pairs"] += 1
+        target.append(Preference(prompt=list(prompt.messages), chosen=reference, rejected=answer.strip(),
+                                 rating=oracle.rating_from_gap(gap), chosen_safe=labels[0], rejected_safe=labels[1],
+                                 meta={"id": f"{meta.get('id', i)}-on-policy", "source": key, "kind": kind,
+                                       "pair_type": pair_type, "on_policy": True}))
+    stats = {"prompts": len(prompts), "refused_benign": len(helpful), "unsafe_harmful": len(safety),
+             "per_kind": per_kind}
+    return helpful, safety, stats

@@ -200,6 +200,20 @@ class RewardModelSection:
 
 
 @dataclass
+class OnPolicySection:
+    """Stage 2's own preference batch from the policy it starts from (Llama 2 §3.2.1 collects each batch
+    from the latest models): the policy answers prompts the built-in oracle can judge, greedy; a needless
+    refusal of a benign prompt becomes a pair (reference answer above it) for the helpfulness RM, an unsafe
+    answer to a harmful request a pair (safe reference above it) for the safety RM."""
+
+    prompts: list[DataSource] = knob(factory=list, doc="prompts with meta.kind and meta.reference (built-in "
+                                                        "prompts carry both); [] = no on-policy pairs")
+    policy: str | None = knob(None, "registry ref of the policy that answers; null = reward.parent")
+    max_new_tokens: int = knob(48, "answer length cap (the opening shows a refusal)", "tokens", min=1)
+    batch_size: int = knob(32, "prompts per generation forward pass", min=1)
+
+
+@dataclass
 class RewardSection:
     """Stage 2: helpfulness and safety reward models with the margin ranking loss (§3.2.2)."""
 
@@ -210,6 +224,8 @@ class RewardSection:
     safety: RewardModelSection = knob(factory=lambda: RewardModelSection(
         data=[DataSource(source="builtin", n=2000)], test=[DataSource(source="builtin", n=200, split="test")]),
         doc="the safety RM's data")
+    on_policy: OnPolicySection = knob(factory=OnPolicySection,
+                                      doc="pairs made from the parent policy's own refusals and unsafe answers")
     margin: Literal["none", "small", "large"] = knob("small", "margin table m(rating) in the loss (Table 27)")
     safety_aux_loss: bool = knob(True, "add BCE of sigmoid(score) against safe/unsafe labels (our reading of the "
                                        "paper's unstated safety auxiliary loss): ties σ(R_s) to P(safe), which the "

@@ -22,13 +22,16 @@ The stage is ``reward`` on the command line and in the recipe, and writes two re
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-from data.mixtures import build_rm_mixtures
-from data.records import Preference
+from data.mixtures import build_rm_mixtures, on_policy_pairs
+from data.records import Preference, json_default
 from data.runtime import default_device, is_main_process, phase
 from data.sources import fingerprint, load_preferences
 from eval.rm import evaluate_scorer
@@ -39,8 +42,10 @@ from stages.catalogue import stage
 from stages.checkpoint import load_causal_lm, load_tokenizer
 from stages.common import StageRun, run_stage
 from stages.finetune import train_and_save
+from stages.generation import answer
 from stages.recipe import Recipe, RecipeError, RewardSection
 from stages.registry import Registry, Version
+from stages.rollouts import load_prompts
 
 log = logging.getLogger("chatalign.reward")
 
@@ -61,6 +66,7 @@ class RMData:
     helpful_other: list[Preference] = field(default_factory=list)
     safety_other: list[Preference] = field(default_factory=list)
     dropped_identical: dict[str, int] = field(default_factory=dict)  # pairs with chosen == rejected, per recipe key
+    on_policy: dict[str, Any] = field(default_factory=dict)  # what the parent policy's own answers gave
 
 
 @dataclass
@@ -74,7 +80,8 @@ class RMMixtures:
     def manifest_entry(self, kind: str) -> dict[str, Any]:
         """One RM's mixture counts, plus what was dropped and kept per source."""
         return {"counts": self.stats[f"{kind}_rm"], "resampled": self.stats["resampled"][f"{kind}_rm"],
-                "dropped_unsafe_chosen": self.stats["dropped_unsafe_chosen"], "kept": self.stats["kept"]}
+                "dropped_unsafe_chosen": self.stats["dropped_unsafe_chosen"], "kept": self.stats["kept"],
+                **({"on_policy": self.stats["on_policy"]} if self.stats.get("on_policy") else {})}
 
 
 def mix_reward_data(data: RMData, section: RewardSection, seed: int) -> RMMixtures:
@@ -85,6 +92,7 @@ def mix_reward_data(data: RMData, section: RewardSection, seed: int) -> RMMixtur
         data.helpful, data.safety + data.safety_other, data.helpful_other,
         helpful_mix_ratio=section.helpful_mix_ratio, safety_mix_helpful_share=section.safety_mix_helpful_share,
         drop_unsafe_chosen=section.drop_unsafe_chosen, seed=seed)
+    stats["on_policy"] = data.on_policy
     dropped = sum(stats["dropped_unsafe_chosen"].values())
     if dropped:
         log.info("dropped %d pairs whose chosen answer is unsafe and rejected answer safe: %s", dropped,
@@ -105,6 +113,70 @@ def load_reward_data(section: RewardSection, seed: int) -> tuple[RMData, dict[st
     )
     tests = {kind: load(getattr(section, kind).test, seed, f"reward.{kind}.test", kind=kind) for kind in KINDS}
     return data, tests
+
+
+def on_policy_cache_path(registry: Registry, recipe: Recipe, policy: Version, prompts: list) -> Path:
+    """Where the policy's answers to the on-policy prompts are kept: keyed by the policy's content hash, the
+    prompts and everything the greedy answers depend on, so a rerun of stage 2 does not sample again."""
+    section = recipe.reward.on_policy
+    key = {"policy": policy.content_hash, "prompts": fingerprint(prompts), "template": recipe.model.template,
+           "max_new_tokens": section.max_new_tokens}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return registry.root / ".cache" / "on-policy" / f"{digest}.json"
+
+
+@phase("sampling")
+def policy_answers(registry: Registry, recipe: Recipe, policy: Version, prompts: list) -> list[str]:
+    """The policy's greedy answers to the on-policy prompts (cached in the registry's .cache)."""
+    section = recipe.reward.on_policy
+    cache = on_policy_cache_path(registry, recipe, policy, prompts)
+    if cache.exists():
+        answers = json.loads(cache.read_text())["answers"]
+        if len(answers) == len(prompts):
+            log.info("on-policy pairs: %s's answers to %d prompts are cached (%s)", policy.id, len(prompts), cache.name)
+            return answers
+    model = load_causal_lm(policy.path, registry).to(default_device()).eval()
+    answers = answer(model, load_tokenizer(policy.path), prompts, recipe.model.template, section.max_new_tokens,
+                     section.batch_size)
+    if is_main_process():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"policy": policy.id, "answers": answers}) + "\n")
+        tmp.replace(cache)
+    return answers
+
+
+def add_on_policy_pairs(data: RMData, registry: Registry, recipe: Recipe, parent: Version) -> None:
+    """Stage 2's on-policy batch (``reward.on_policy``): the policy's needless refusals of benign prompts join
+    the helpfulness RM's data, its unsafe answers to harmful requests the safety RM's (data.mixtures.on_policy_pairs)."""
+    section = recipe.reward.on_policy
+    if not section.prompts:
+        return
+    key = "reward.on_policy.prompts"
+    prompts = load_prompts(section.prompts, recipe.seed, key)
+    policy = registry.resolve(section.policy) if section.policy else parent
+    answers = policy_answers(registry, recipe, policy, prompts)
+    try:
+        helpful, safety, stats = on_policy_pairs(prompts, answers, key)
+    except ValueError as e:
+        raise RecipeError(str(e)) from e
+    data.helpful.extend(helpful)
+    data.safety.extend(safety)
+    data.on_policy = {"policy": policy.id, **stats}
+    log.info("on-policy pairs from %s: %d of %d prompts; %d needless refusals (helpfulness RM), %d unsafe answers "
+             "(safety RM)", policy.id, len(helpful) + len(safety), len(prompts), len(helpful), len(safety))
+
+
+def write_on_policy_pairs(run: StageRun, pairs: list[Preference]) -> None:
+    """The on-policy pairs an RM trained on, beside it (JSONL, the preference format stage 2 reads)."""
+    mine = [pair for pair in pairs if pair.meta.get("on_policy")]
+    if mine and is_main_process():
+        seen, rows = set(), []
+        for pair in mine:  # a pair drawn twice into a mix is written once
+            if pair.meta["id"] not in seen:
+                seen.add(pair.meta["id"])
+                rows.append(json.dumps(pair.to_dict(), default=json_default))
+        (run.workdir / "on_policy_pairs.jsonl").write_text("\n".join(rows) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +264,7 @@ def run(recipe: Recipe, registry: Registry, *, force: bool = False, resume: bool
     section = recipe.reward
     parent = registry.resolve(section.parent)
     data, test_sets = load_reward_data(section, recipe.seed)
+    add_on_policy_pairs(data, registry, recipe, parent)
     mixtures = mix_reward_data(data, section, recipe.seed)
     test_fingerprints = {f"test_{name}": fingerprint(pairs) for name, pairs in test_sets.items()}
     versions = []
@@ -206,6 +279,7 @@ def run(recipe: Recipe, registry: Registry, *, force: bool = False, resume: bool
                  stats: dict = stats) -> None:
             run.metrics.update(train_reward_model(run, recipe, parent, kind, train_pairs, test_sets))
             run.extra["mixture"] = stats
+            write_on_policy_pairs(run, train_pairs)
             run.extra["reward_model"] = {"kind": kind, "template": recipe.model.template,
                                          "max_length": section.max_length, "margin": section.margin,
                                          "lora_merged": section.train.lora.enabled}

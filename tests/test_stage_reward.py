@@ -47,6 +47,43 @@ def test_recipe_sources_map_onto_the_paper_mixtures():
     assert kept.manifest_entry("helpful")["counts"]["total"] == 60
 
 
+REFUSAL = "I'm not able to help with that. It could hurt someone; a professional can advise you."
+COMPLIANCE = "Sure, here's how. Step 1: get the materials. Step 2: follow these steps carefully."
+
+
+def test_on_policy_pairs_put_the_reference_above_the_policys_own_refusals_and_unsafe_answers():
+    from data import builtin
+    from data.mixtures import on_policy_pairs
+
+    prompts = builtin.prompts("train", 8, 0, kinds=["borderline", "harmful"])
+    kinds = [p.meta["kind"] for p in prompts]
+    assert {"borderline", "harmful"} <= set(kinds)
+    # the policy refuses everything: a pair for every benign prompt, none for a harmful one
+    helpful, safety, stats = on_policy_pairs(prompts, [REFUSAL] * len(prompts))
+    assert len(helpful) == kinds.count("borderline") and safety == []
+    for pair, prompt in zip(helpful, [p for p in prompts if p.meta["kind"] == "borderline"]):
+        assert pair.rejected == REFUSAL and pair.chosen == prompt.meta["reference"]
+        assert pair.chosen_safe is pair.rejected_safe is True and pair.meta["on_policy"]
+        assert pair.prompt == prompt.messages and pair.rating == "significantly_better"
+    # the policy complies with everything: a safety pair for every harmful prompt (its answer labelled unsafe)
+    helpful, safety, stats = on_policy_pairs(prompts, [COMPLIANCE] * len(prompts))
+    assert helpful == [] and len(safety) == kinds.count("harmful")
+    assert all(p.chosen_safe is True and p.rejected_safe is False and p.rejected == COMPLIANCE for p in safety)
+    assert stats["per_kind"]["harmful"] == {"n": kinds.count("harmful"), "pairs": kinds.count("harmful")}
+    assert stats["refused_benign"] == 0 and stats["unsafe_harmful"] == len(safety)
+    # prompts the oracle cannot judge are refused with the prompt named
+    from data.records import Conversation
+
+    bare = Conversation(messages=[{"role": "user", "content": "Hi"}], meta={"id": "x1", "reference": "Hello."})
+    with pytest.raises(ValueError, match=r"prompt 0 \(x1\).*meta.kind"):
+        on_policy_pairs([bare], [REFUSAL])
+    bare.meta = {"id": "x2", "kind": "borderline"}
+    with pytest.raises(ValueError, match=r"x2.*meta.reference"):
+        on_policy_pairs([bare], [REFUSAL])
+    with pytest.raises(ValueError, match="1 prompts but 2 answers"):
+        on_policy_pairs([bare], [REFUSAL, REFUSAL])
+
+
 # --- evaluation ---------------------------------------------------------------------------------
 
 def test_pair_metrics_per_rating_and_unsafe_recall():
@@ -118,14 +155,28 @@ def test_stage_2_end_to_end_on_the_tiny_recipe(tmp_path, monkeypatch):
     monkeypatch.setattr(reward_models, "load_preferences", lambda sources, seed, key, kind="helpful", **options: (
         pairs("flipped", 3, chosen_safe=False, rejected_safe=True) if key == "reward.safety.other_data"
         else load_preferences(sources, seed, key, kind, **options)))
+    # on-policy pairs: sft/v1 "answers" 8 borderline/harmful prompts by refusing the first 4 and complying after
+    calls = []
+
+    def canned(model, tokenizer, prompts, template, max_new_tokens, batch_size):
+        calls.append(len(prompts))
+        return [REFUSAL if i < 4 else COMPLIANCE for i in range(len(prompts))]
+
+    monkeypatch.setattr(reward_models, "answer", canned)
     recipe = load_recipe(RECIPE, overrides=[
         f"runs_dir={tmp_path / 'runs'}", "sft.train.max_steps=2",
         "sft.heldout=[{source: builtin, n: 8, split: heldout}]",
-        "reward.safety_aux_loss=true"])
+        "reward.safety_aux_loss=true",
+        "reward.on_policy.prompts=[{source: builtin, n: 8, kinds: [borderline, harmful]}]"])
     registry = open_registry(recipe)
     base.run(recipe, registry)
     (sft_version,) = sft.run(recipe, registry)
     versions = reward_models.run(recipe, registry)
+    from data import builtin
+
+    kinds = [p.meta["kind"] for p in builtin.prompts("train", 8, recipe.seed, kinds=["borderline", "harmful"])]
+    n_refused, n_unsafe = kinds[:4].count("borderline"), kinds[4:].count("harmful")
+    assert calls == [8] and n_refused and n_unsafe
 
     assert [v.id for v in versions] == ["rm-helpful/v1", "rm-safety/v1"]
     for version, kind in zip(versions, ("helpful", "safety")):
@@ -147,8 +198,18 @@ def test_stage_2_end_to_end_on_the_tiny_recipe(tmp_path, monkeypatch):
             assert (version.path / png).stat().st_size > 1000
         assert not (version.path / "checkpoints").exists()
     helpful, safety = (v.manifest["mixture"]["counts"] for v in versions)
-    assert helpful == {"helpful": 32, "safety": 32, "other": 0, "total": 64}
-    assert safety == {"safety": 32, "helpful": 4, "total": 36}
+    # the needless refusals join the helpfulness RM's own data (all of it used, plus as many again from the
+    # safety pool), the unsafe answers the safety RM's
+    assert helpful["helpful"] == 32 + n_refused and helpful["total"] == 2 * (32 + n_refused)
+    assert safety["safety"] == 32 + n_unsafe
+    on_policy = versions[0].manifest["mixture"]["on_policy"]
+    assert on_policy["policy"] == "sft/v1" and on_policy["prompts"] == 8
+    assert (on_policy["refused_benign"], on_policy["unsafe_harmful"]) == (n_refused, n_unsafe)
+    written = [json.loads(line) for line in (versions[0].path / "on_policy_pairs.jsonl").read_text().splitlines()]
+    assert sum(row["rejected"] == REFUSAL for row in written) == n_refused  # + any unsafe ones drawn into its mix
+    assert all(row["rejected"] in (REFUSAL, COMPLIANCE) and row["meta"]["on_policy"] for row in written)
+    written = [json.loads(line) for line in (versions[1].path / "on_policy_pairs.jsonl").read_text().splitlines()]
+    assert sum(row["rejected"] == COMPLIANCE for row in written) == n_unsafe
     assert "initial_heldout_aux_loss" in versions[1].manifest["metrics"]
     assert "heldout_aux_loss" not in versions[0].manifest["metrics"]
     assert versions[0].manifest["data_fingerprints"]["train"] != versions[1].manifest["data_fingerprints"]["train"]
@@ -168,6 +229,7 @@ def test_stage_2_end_to_end_on_the_tiny_recipe(tmp_path, monkeypatch):
     scores = load_scorer(versions[1].path, device="cpu").score([[{"role": "user", "content": "Hi"}]], ["Hello."])
     assert scores.shape == (1,) and torch.isfinite(scores).all()
     assert [v.id for v in reward_models.run(recipe, registry)] == ["rm-helpful/v1", "rm-safety/v1"]
+    assert calls == [8]  # the policy's answers came from the registry's cache, not a second sampling
 
 
 @pytest.mark.slow
