@@ -27,7 +27,6 @@ import json
 import logging
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from data.mixtures import build_rm_mixtures, on_policy_pairs
@@ -115,56 +114,65 @@ def load_reward_data(section: RewardSection, seed: int) -> tuple[RMData, dict[st
     return data, tests
 
 
-def on_policy_cache_path(registry: Registry, recipe: Recipe, policy: Version, prompts: list) -> Path:
-    """Where the policy's answers to the on-policy prompts are kept: keyed by the policy's content hash, the
-    prompts and everything the greedy answers depend on, so a rerun of stage 2 does not sample again."""
-    section = recipe.reward.on_policy
-    key = {"policy": policy.content_hash, "prompts": fingerprint(prompts), "template": recipe.model.template,
-           "max_new_tokens": section.max_new_tokens}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return registry.root / ".cache" / "on-policy" / f"{digest}.json"
+@dataclass
+class OnPolicyBatch:
+    """The prompts of ``reward.on_policy`` and the policy that answers them; ``key`` names the answers (the
+    policy's content hash, the prompts and everything greedy answers depend on), so it stands in for the pairs
+    in the stage's input fingerprint and names their cache before anything is sampled."""
+
+    policy: Version
+    prompts: list
+    key: str
+
+    @classmethod
+    def from_recipe(cls, registry: Registry, recipe: Recipe, parent: Version) -> "OnPolicyBatch | None":
+        section = recipe.reward.on_policy
+        if not section.prompts:
+            return None
+        prompts = load_prompts(section.prompts, recipe.seed, "reward.on_policy.prompts")
+        policy = registry.resolve(section.policy) if section.policy else parent
+        key = {"policy": policy.content_hash, "prompts": fingerprint(prompts), "template": recipe.model.template,
+               "max_new_tokens": section.max_new_tokens}
+        return cls(policy, prompts, hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24])
 
 
 @phase("sampling")
-def policy_answers(registry: Registry, recipe: Recipe, policy: Version, prompts: list) -> list[str]:
-    """The policy's greedy answers to the on-policy prompts (cached in the registry's .cache)."""
+def policy_answers(registry: Registry, recipe: Recipe, batch: OnPolicyBatch) -> list[str]:
+    """The policy's greedy answers to the on-policy prompts, kept in the registry's .cache under the batch's key
+    (a rerun of the stage, or the second RM after the first, does not sample again)."""
     section = recipe.reward.on_policy
-    cache = on_policy_cache_path(registry, recipe, policy, prompts)
+    cache = registry.root / ".cache" / "on-policy" / f"{batch.key}.json"
     if cache.exists():
         answers = json.loads(cache.read_text())["answers"]
-        if len(answers) == len(prompts):
-            log.info("on-policy pairs: %s's answers to %d prompts are cached (%s)", policy.id, len(prompts), cache.name)
+        if len(answers) == len(batch.prompts):
+            log.info("on-policy pairs: %s's answers to %d prompts are cached (%s)", batch.policy.id,
+                     len(answers), cache.name)
             return answers
-    model = load_causal_lm(policy.path, registry).to(default_device()).eval()
-    answers = answer(model, load_tokenizer(policy.path), prompts, recipe.model.template, section.max_new_tokens,
-                     section.batch_size)
+    model = load_causal_lm(batch.policy.path, registry).to(default_device()).eval()
+    answers = answer(model, load_tokenizer(batch.policy.path), batch.prompts, recipe.model.template,
+                     section.max_new_tokens, section.batch_size)
     if is_main_process():
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"policy": policy.id, "answers": answers}) + "\n")
+        tmp.write_text(json.dumps({"policy": batch.policy.id, "answers": answers}) + "\n")
         tmp.replace(cache)
     return answers
 
 
-def add_on_policy_pairs(data: RMData, registry: Registry, recipe: Recipe, parent: Version) -> None:
-    """Stage 2's on-policy batch (``reward.on_policy``): the policy's needless refusals of benign prompts join
-    the helpfulness RM's data, its unsafe answers to harmful requests the safety RM's (data.mixtures.on_policy_pairs)."""
-    section = recipe.reward.on_policy
-    if not section.prompts:
-        return
-    key = "reward.on_policy.prompts"
-    prompts = load_prompts(section.prompts, recipe.seed, key)
-    policy = registry.resolve(section.policy) if section.policy else parent
-    answers = policy_answers(registry, recipe, policy, prompts)
+def with_on_policy_pairs(data: RMData, registry: Registry, recipe: Recipe, batch: OnPolicyBatch) -> RMData:
+    """Stage 2's on-policy batch (``reward.on_policy``) added to the loaded data: the policy's needless refusals
+    of benign prompts join the helpfulness RM's pairs, its unsafe answers to harmful requests the safety RM's
+    (data.mixtures.on_policy_pairs)."""
+    answers = policy_answers(registry, recipe, batch)
     try:
-        helpful, safety, stats = on_policy_pairs(prompts, answers, key)
+        helpful, safety, stats = on_policy_pairs(batch.prompts, answers, "reward.on_policy.prompts")
     except ValueError as e:
         raise RecipeError(str(e)) from e
-    data.helpful.extend(helpful)
-    data.safety.extend(safety)
-    data.on_policy = {"policy": policy.id, **stats}
     log.info("on-policy pairs from %s: %d of %d prompts; %d needless refusals (helpfulness RM), %d unsafe answers "
-             "(safety RM)", policy.id, len(helpful) + len(safety), len(prompts), len(helpful), len(safety))
+             "(safety RM)", batch.policy.id, len(helpful) + len(safety), len(batch.prompts), len(helpful), len(safety))
+    return RMData(helpful=data.helpful + helpful, safety=data.safety + safety, helpful_other=data.helpful_other,
+                  safety_other=data.safety_other, dropped_identical=data.dropped_identical,
+                  on_policy={"policy": batch.policy.id, **stats})
 
 
 def write_on_policy_pairs(run: StageRun, pairs: list[Preference]) -> None:
@@ -264,19 +272,36 @@ def run(recipe: Recipe, registry: Registry, *, force: bool = False, resume: bool
     section = recipe.reward
     parent = registry.resolve(section.parent)
     data, test_sets = load_reward_data(section, recipe.seed)
-    add_on_policy_pairs(data, registry, recipe, parent)
-    mixtures = mix_reward_data(data, section, recipe.seed)
-    test_fingerprints = {f"test_{name}": fingerprint(pairs) for name, pairs in test_sets.items()}
-    versions = []
-    for kind in KINDS:
-        train_pairs = getattr(mixtures, kind)
-        stats = {**mixtures.manifest_entry(kind), "dropped_identical": data.dropped_identical}
+    batch = OnPolicyBatch.from_recipe(registry, recipe, parent)
+    # Without on-policy pairs the mixtures are known now. With them, the pairs come from sampling the policy,
+    # which runs inside the first RM's stage (its time is that stage's): the batch's key stands in for them in
+    # the input fingerprint, so unchanged inputs are recognised without sampling.
+    static = mix_reward_data(data, section, recipe.seed)
+    built: list[RMMixtures] = []
+
+    def mixtures() -> RMMixtures:
+        if batch is None:
+            return static
+        if not built:
+            built.append(mix_reward_data(with_on_policy_pairs(data, registry, recipe, batch), section, recipe.seed))
+        return built[0]
+
+    def pairs_of(kind: str, mix: RMMixtures) -> tuple[list[Preference], dict]:
+        train_pairs = getattr(mix, kind)
+        stats = {**mix.manifest_entry(kind), "dropped_identical": data.dropped_identical}
         if not train_pairs:
             raise RecipeError(f"reward.{kind}.data: no training pairs for the {kind} reward model "
                               f"(mixture: {stats}); give it preference data")
+        return train_pairs, stats
 
-        def body(run: StageRun, kind: str = kind, train_pairs: list[Preference] = train_pairs,
-                 stats: dict = stats) -> None:
+    test_fingerprints = {f"test_{name}": fingerprint(pairs) for name, pairs in test_sets.items()}
+    versions = []
+    for kind in KINDS:
+        if batch is None:
+            pairs_of(kind, static)  # an RM without data stops the stage before anything runs
+
+        def body(run: StageRun, kind: str = kind) -> None:
+            train_pairs, stats = pairs_of(kind, mixtures())
             run.metrics.update(train_reward_model(run, recipe, parent, kind, train_pairs, test_sets))
             run.extra["mixture"] = stats
             write_on_policy_pairs(run, train_pairs)
@@ -286,7 +311,8 @@ def run(recipe: Recipe, registry: Registry, *, force: bool = False, resume: bool
             if "scale" in run.metrics.get("calibration", {}):  # what reward.scorer.load_scorer applies
                 run.extra["reward_model"]["calibration"] = {k: run.metrics["calibration"][k] for k in ("scale", "bias")}
 
-        fingerprints = {"train": fingerprint(train_pairs), **test_fingerprints}
+        fingerprints = {"train": fingerprint(getattr(static, kind)), **test_fingerprints,
+                        **({"on_policy": batch.key} if batch is not None else {})}
         versions.append(run_stage(recipe, registry, STAGE_NAMES[kind], body,
                                   section=recipe.section(stage("reward").section), parents=[parent],
                                   data_fingerprints=fingerprints, force=force, resume=resume))

@@ -177,6 +177,9 @@ def test_stage_2_end_to_end_on_the_tiny_recipe(tmp_path, monkeypatch):
     kinds = [p.meta["kind"] for p in builtin.prompts("train", 8, recipe.seed, kinds=["borderline", "harmful"])]
     n_refused, n_unsafe = kinds[:4].count("borderline"), kinds[4:].count("harmful")
     assert calls == [8] and n_refused and n_unsafe
+    # the sampling ran inside the helpfulness RM's stage, so its time table shows it
+    assert "sampling" in versions[0].manifest["metrics"]["time_s"]
+    assert versions[0].manifest["data_fingerprints"]["on_policy"] == versions[1].manifest["data_fingerprints"]["on_policy"]
 
     assert [v.id for v in versions] == ["rm-helpful/v1", "rm-safety/v1"]
     for version, kind in zip(versions, ("helpful", "safety")):
