@@ -10,7 +10,10 @@ by a scalar head, and train for one epoch on the margin ranking loss ``-log σ(r
 * safety RM: all safety (and other safety) pairs + helpfulness pairs making up
   ``safety_mix_helpful_share`` (10%) of the mix;
 * pairs whose chosen answer is unsafe and rejected answer safe are dropped before mixing
-  (data.mixtures.build_rm_mixtures does all three).
+  (data.mixtures.build_rm_mixtures does all three);
+* with ``reward.on_policy``, the paper's on-policy batch: the policy the RMs start from answers prompts the
+  built-in oracle can judge, and its needless refusals and unsafe answers become pairs below a reference
+  answer (data.mixtures.on_policy_pairs), added to the helpfulness and safety data before mixing.
 
 After training each RM is evaluated on both test sets (accuracy per rating, calibration, plots in
 the version directory, summary in the manifest metrics). Saved RMs are plain
