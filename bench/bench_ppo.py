@@ -7,7 +7,13 @@ in micro-batches of `train.micro_batch_size`, for the same number of iterations.
 once per rollout batch and PPO epoch (its rollout batch is per-device batch x gradient accumulation), so the
 benchmark needs `--set ppo.train.batch_size=<rollout_batch_size>`: one step on the whole batch on both sides.
 TRL trains policy and critic with one optimizer (two parameter groups here, with each side's learning rate)
-and does not clip gradients; ours clips each at `optim.grad_clip`.
+and does not clip gradients; ours clips each at `optim.grad_clip`. Both sides run in fp32: TRL's OnPolicyConfig
+would otherwise turn bf16 on (CPU bfloat16 autocast around its training forward), so the worker sets bf16=False.
+The worker checks that TRL runs exactly `--iterations` updates of `rollout_batch_size` episodes with one optimizer
+step per update and PPO epoch (accelerate's gradient accumulation would otherwise step at every micro-batch of the
+update that draws the last batch of an epoch over the prompts), and logs each update's seconds by phase
+(generation, reference forward, critic values, reward, training forward, backward, optimizer step) to
+`<workdir>/trl-worker.log` and this script's stderr.
 
 The reward. TRL's PPOTrainer takes one sequence-classification reward model; ours is the safety-gated
 combination of two RMs (reward/combine.py), whitened with running statistics, with a fixed penalty for answers
@@ -30,6 +36,10 @@ the checkpoint folders whose tokenizer_config.json names PreTrainedTokenizerFast
 
     python bench/bench_ppo.py --recipe recipes/smollm2-135m.yaml --iterations 4 --set ppo.train.batch_size=16 \
         --trl-python <venv with trl 0.19>/bin/python
+
+Timings need an otherwise idle machine: with torch's default one thread per core, another busy process slows every
+parallel op many times over. Each side reports the CPU-seconds other processes used while it ran (`other_cpu_s`);
+`--threads` sets both sides' torch threads; `--only trl --iterations 1 --no-judge` times one TRL update alone.
 """
 from __future__ import annotations
 
@@ -62,6 +72,34 @@ def legacy_checkpoint(path: Path, out: Path) -> Path:
     config = json.loads((path / "tokenizer_config.json").read_text())
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+def busy_cpu_s() -> tuple[float, float]:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process and its waited-for children)."""
+    import resource
+
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    machine = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    own = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
+    return machine, own
+
+
+def metered(run, *a) -> dict:
+    """``run(*a)``'s result with ``other_cpu_s``: CPU seconds other processes used on the machine meanwhile. With
+    torch's default one thread per core, any other busy process makes every parallel op wait for a descheduled
+    thread (on the 2-core machine a 16x576 @ 576x2304 matmul took 0.57 ms at 1 thread and 16 ms at 2 threads
+    while another job ran): such timings are not those of an idle machine."""
+    machine0, own0 = busy_cpu_s()
+    start = time.perf_counter()
+    out = run(*a)
+    machine1, own1 = busy_cpu_s()
+    out["other_cpu_s"] = max(0.0, (machine1 - machine0) - (own1 - own0))
+    out["wall_s"] = time.perf_counter() - start
+    if out["other_cpu_s"] > 0.05 * out["wall_s"]:
+        print(f"warning: other processes used {out['other_cpu_s']:.0f} CPU-seconds during this side's "
+              f"{out['wall_s']:.0f} s: its timings are not those of an idle machine", file=sys.stderr, flush=True)
     return out
 
 
@@ -133,11 +171,20 @@ def run_trl(args, recipe, versions, prompts, workdir: Path) -> dict:
     (workdir / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
-    proc = subprocess.run([args.trl_python, str(Path(__file__).resolve()), "--trl-worker", str(workdir)], env=env,
-                          capture_output=True, text=True)
+    # The worker's output goes to trl-worker.log; its own progress lines (one an iteration) are echoed here.
+    lines = []
+    with (workdir / "trl-worker.log").open("w") as log, subprocess.Popen(
+            [args.trl_python, str(Path(__file__).resolve()), "--trl-worker", str(workdir)], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            lines = [*lines[-200:], line]
+            if line.startswith("[trl-worker"):
+                print(line, end="", file=sys.stderr, flush=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"TRL worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise SystemExit(f"TRL worker failed (full log: {workdir / 'trl-worker.log'}):\n{''.join(lines)[-8000:]}")
     out = json.loads((workdir / "result.json").read_text())
     out["process_s"] = wall
     return out
@@ -242,7 +289,11 @@ def trl_worker(workdir: Path) -> None:
         missing_eos_penalty=None, whiten_rewards=False, kl_coef=ppo["kl_coef"], kl_estimator=ppo["kl_estimator"],
         cliprange=ppo["clip"], cliprange_value=ppo["critic"]["value_clip"], vf_coef=1.0, gamma=ppo["gamma"],
         lam=ppo["lam"], num_sample_generations=0, learning_rate=train["optim"]["lr"],
-        lr_scheduler_type="constant")
+        lr_scheduler_type="constant",
+        # fp32 as ours. TRL's OnPolicyConfig turns bf16 on whenever fp16 is off (bf16=None -> True), on a CPU too:
+        # accelerate then runs the training forward (policy and critic) under CPU bfloat16 autocast, while
+        # generation and the no-grad forwards, which use the unwrapped models, stay in fp32.
+        bf16=False, fp16=False)
     policy = get_peft_model(policy, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                                                target_modules=lora["target_modules"], task_type="CAUSAL_LM"))
 
@@ -261,16 +312,64 @@ def trl_worker(workdir: Path) -> None:
     trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=None,
                          reward_model=CombinedRewardModel(), train_dataset=dataset, value_model=critic,
                          eval_dataset=dataset.select(range(min(4, len(dataset)))), optimizers=(optimizer, scheduler))
+    # accelerate's gradient accumulation also syncs (steps the optimizer) at every micro-batch once its prepared
+    # dataloader has handed out its last batch: TRL's update that draws the last rollout batch of an epoch over the
+    # prompts would take gradient_accumulation_steps optimizer steps instead of one (seen on the tiny recipe).
+    trainer.accelerator.gradient_state.plugin_kwargs["sync_with_dataloader"] = False
 
-    timings = {"generation_s": [], "iteration_end": [], "logs": []}
-    original = ppo_trainer.batch_generation
+    # Where TRL's time goes: each phase of its loop, timed by wrapping the functions it calls by module name.
+    def log(message: str) -> None:
+        print(f"[trl-worker {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
-    def timed_generation(*a, **k):
+    log(f"torch threads {torch.get_num_threads()} (interop {torch.get_num_interop_threads()}), "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, nice {os.nice(0)}, mixed precision "
+        f"{trainer.accelerator.mixed_precision} (bf16 {config.bf16}, fp16 {config.fp16}); schedule: "
+        f"{config.num_total_batches} updates of {config.batch_size} episodes (total_episodes "
+        f"{config.total_episodes}), {config.num_ppo_epochs} PPO epoch(s) x {config.num_mini_batches} mini-batch(es) "
+        f"of {config.local_mini_batch_size} in micro-batches of {config.per_device_train_batch_size}, "
+        f"rollout forward batch {config.local_rollout_forward_batch_size}, response_length {config.response_length}, "
+        f"stop token id {trainer.stop_token_id}, eos {tokenizer.eos_token_id}, pad {tokenizer.pad_token_id}")
+    if trainer.accelerator.mixed_precision != "no":
+        raise SystemExit(f"TRL's accelerator runs in {trainer.accelerator.mixed_precision}, not fp32 as ours")
+    if config.num_total_batches != spec["iterations"] or config.batch_size != rollout_batch:
+        raise SystemExit(f"TRL would run {config.num_total_batches} updates of {config.batch_size} episodes, not "
+                         f"{spec['iterations']} of {rollout_batch}")
+    phases = ("generation_s", "ref_forward_s", "value_s", "reward_s", "train_forward_s", "backward_s", "step_s")
+    timings = {"iteration_end": [], "logs": [], "current": dict.fromkeys(phases, 0.0), "phases": [], "shapes": [],
+               "optimizer_steps": 0}
+    optimizer.register_step_post_hook(lambda *_: timings.__setitem__("optimizer_steps", timings["optimizer_steps"] + 1))
+
+    def timed(name, fn, pick=None):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            key = pick(*a) if pick else name
+            timings["current"][key] += time.perf_counter() - t0
+            return out
+        return wrapper
+
+    generate_batches = ppo_trainer.batch_generation
+
+    def generation(model, queries, *a, **k):
         t0 = time.perf_counter()
-        out = original(*a, **k)
-        timings["generation_s"].append(time.perf_counter() - t0)
-        return out
-    ppo_trainer.batch_generation = timed_generation
+        query_responses, logits = generate_batches(model, queries, *a, **k)
+        timings["current"]["generation_s"] += time.perf_counter() - t0
+        responses = query_responses[:, queries.shape[1]:]
+        stopped = (responses == stop_id).any(1)
+        lengths = torch.where(stopped, (responses == stop_id).int().argmax(1) + 1,
+                              (responses != tokenizer.pad_token_id).sum(1))
+        timings["shapes"].append({"prompt_width": queries.shape[1], "generated_width": responses.shape[1],
+                                  "answer_tokens_mean": float(lengths.float().mean()),
+                                  "stopped": int(stopped.sum()), "threads": torch.get_num_threads()})
+        return query_responses, logits
+    ppo_trainer.batch_generation = generation
+    ppo_trainer.forward = timed("forward", ppo_trainer.forward,
+                                lambda *a: "train_forward_s" if torch.is_grad_enabled() else "ref_forward_s")
+    ppo_trainer.get_reward = timed(
+        "get_reward", ppo_trainer.get_reward,
+        lambda model, *a: "reward_s" if isinstance(model, CombinedRewardModel) else "value_s")
+    trainer.accelerator.backward = timed("backward_s", trainer.accelerator.backward)
+    trainer.optimizer.step = timed("step_s", trainer.optimizer.step)
 
     class Clock(TrainerCallback):
         def on_train_begin(self, *a, **k):
@@ -278,17 +377,26 @@ def trl_worker(workdir: Path) -> None:
 
         def on_step_end(self, *a, **k):
             timings["iteration_end"].append(time.perf_counter())
+            previous = timings["iteration_end"][-2] if len(timings["iteration_end"]) > 1 else timings["train_begin"]
+            done = {**timings["current"], "total_s": timings["iteration_end"][-1] - previous,
+                    **timings["shapes"][-1], "optimizer_steps": timings["optimizer_steps"]}
+            timings["phases"].append(done)
+            timings["current"], timings["optimizer_steps"] = dict.fromkeys(phases, 0.0), 0
+            log(f"iteration {len(timings['phases'])}/{config.num_total_batches}: "
+                + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in done.items()))
 
         def on_log(self, args, state, control, logs=None, **k):
             timings["logs"].append(dict(logs or {}))
 
     trainer.add_callback(Clock())
     trainer.train()
-    ends = [timings["train_begin"], *timings["iteration_end"]]
-    iterations = [{"rollout_s": g, "total_s": b - a, "answers": rollout_batch,
-                   "train_reward_mean": log.get("objective/scores"), "kl": log.get("objective/kl")}
-                  for g, a, b, log in zip(timings["generation_s"], ends, ends[1:],
-                                          [lg for lg in timings["logs"] if "objective/scores" in lg])]
+    steps = [ph["optimizer_steps"] for ph in timings["phases"]]
+    if len(steps) != spec["iterations"] or set(steps) != {config.num_ppo_epochs * config.num_mini_batches}:
+        raise SystemExit(f"TRL made {steps} optimizer steps in its updates, not {config.num_ppo_epochs} x "
+                         f"{config.num_mini_batches} in each of {spec['iterations']}")
+    iterations = [{"rollout_s": ph["generation_s"], "answers": rollout_batch, **ph,
+                   "train_reward_mean": lg.get("objective/scores"), "kl": lg.get("objective/kl")}
+                  for ph, lg in zip(timings["phases"], [lg for lg in timings["logs"] if "objective/scores" in lg])]
     trained = trainer.accelerator.unwrap_model(trainer.model).policy
     trained.save_pretrained(str(workdir / "trl-policy"))
     (workdir / "result.json").write_text(json.dumps({
@@ -350,6 +458,13 @@ def section(args, recipe, results, judged, trl_versions) -> str:
     if {"chatalign", "trl"} <= set(results):
         ratio = summary(results["chatalign"])["samples_per_s"] / summary(results["trl"])["samples_per_s"]
         lines += ["", f"chatalign / TRL samples/s: {ratio:.2f}x"]
+    if "trl" in results:
+        its = results["trl"]["iterations"]
+        phases = ("generation_s", "ref_forward_s", "value_s", "reward_s", "train_forward_s", "backward_s", "step_s")
+        lines += ["", "TRL seconds per iteration by phase (mean): " + ", ".join(
+            f"{k[:-2].replace('_', ' ')} {sum(i[k] for i in its) / len(its):.1f}" for k in phases)]
+    lines += ["", "CPU-seconds used by other processes meanwhile (not an idle machine if well above 0): " + ", ".join(
+        f"{name} {results[name]['other_cpu_s']:.0f} over {results[name]['wall_s']:.0f} s" for name in results)]
     return "\n".join(lines) + "\n"
 
 
@@ -363,6 +478,11 @@ def main() -> None:
     parser.add_argument("--only", choices=["chatalign", "trl"], default=None)
     parser.add_argument("--workdir", default=None, help="where TRL's side writes (default: a temporary folder)")
     parser.add_argument("--append-to", default=None, metavar="FILE", help="append the section to FILE")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of both sides and the judge (OMP_NUM_THREADS; default: torch's, one per "
+                             "core)")
+    parser.add_argument("--no-judge", action="store_true",
+                        help="timing only: skip the held-out judge (and the section); raw numbers still written")
     args = parser.parse_args()
     if args.trl_worker:
         trl_worker(Path(args.trl_worker))
@@ -370,8 +490,12 @@ def main() -> None:
     if args.only != "chatalign" and not args.trl_python:
         parser.error("--trl-python is needed for TRL's side (or --only chatalign)")
 
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from stages.checkpoint import load_causal_lm, load_tokenizer
     from stages.rollouts import load_reward_fn
 
@@ -380,13 +504,20 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     results = {}
     if args.only in (None, "chatalign"):
-        results["chatalign"] = run_ours(args, recipe)
-        print("chatalign:", json.dumps(summary(results["chatalign"])), flush=True)
+        results["chatalign"] = metered(run_ours, args, recipe)
+        print("chatalign:", json.dumps({**summary(results["chatalign"]),
+                                        "other_cpu_s": results["chatalign"]["other_cpu_s"]}), flush=True)
     trl_versions = {"trl": "-", "transformers": "-", "torch": "-", "peft": "-"}
     if args.only in (None, "trl"):
-        results["trl"] = run_trl(args, recipe, versions, prompts, workdir)
+        results["trl"] = metered(run_trl, args, recipe, versions, prompts, workdir)
         trl_versions = results["trl"]["versions"]
-        print("trl:", json.dumps(summary(results["trl"])), flush=True)
+        print("trl:", json.dumps({**summary(results["trl"]), "other_cpu_s": results["trl"]["other_cpu_s"]}),
+              flush=True)
+
+    if args.no_judge:
+        (workdir / "bench.json").write_text(json.dumps({"results": results}, indent=2))
+        print(f"raw numbers: {workdir / 'bench.json'}")
+        return
 
     # The judge: one reward function, greedy answers, in this environment.
     reward_fn = load_reward_fn(versions["helpful_rm"], versions["safety_rm"], recipe.ppo.score_batch_size,
