@@ -54,6 +54,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# TRL's loop, phase by phase: what the worker times and the section reports
+TRL_PHASES = ("generation_s", "ref_forward_s", "value_s", "reward_s", "train_forward_s", "backward_s", "step_s")
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -334,8 +336,7 @@ def trl_worker(workdir: Path) -> None:
     if config.num_total_batches != spec["iterations"] or config.batch_size != rollout_batch:
         raise SystemExit(f"TRL would run {config.num_total_batches} updates of {config.batch_size} episodes, not "
                          f"{spec['iterations']} of {rollout_batch}")
-    phases = ("generation_s", "ref_forward_s", "value_s", "reward_s", "train_forward_s", "backward_s", "step_s")
-    timings = {"iteration_end": [], "logs": [], "current": dict.fromkeys(phases, 0.0), "phases": [], "shapes": [],
+    timings = {"iteration_end": [], "logs": [], "current": dict.fromkeys(TRL_PHASES, 0.0), "phases": [], "shapes": [],
                "optimizer_steps": 0}
     optimizer.register_step_post_hook(lambda *_: timings.__setitem__("optimizer_steps", timings["optimizer_steps"] + 1))
 
@@ -381,7 +382,7 @@ def trl_worker(workdir: Path) -> None:
             done = {**timings["current"], "total_s": timings["iteration_end"][-1] - previous,
                     **timings["shapes"][-1], "optimizer_steps": timings["optimizer_steps"]}
             timings["phases"].append(done)
-            timings["current"], timings["optimizer_steps"] = dict.fromkeys(phases, 0.0), 0
+            timings["current"], timings["optimizer_steps"] = dict.fromkeys(TRL_PHASES, 0.0), 0
             log(f"iteration {len(timings['phases'])}/{config.num_total_batches}: "
                 + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in done.items()))
 
@@ -460,9 +461,8 @@ def section(args, recipe, results, judged, trl_versions) -> str:
         lines += ["", f"chatalign / TRL samples/s: {ratio:.2f}x"]
     if "trl" in results:
         its = results["trl"]["iterations"]
-        phases = ("generation_s", "ref_forward_s", "value_s", "reward_s", "train_forward_s", "backward_s", "step_s")
         lines += ["", "TRL seconds per iteration by phase (mean): " + ", ".join(
-            f"{k[:-2].replace('_', ' ')} {sum(i[k] for i in its) / len(its):.1f}" for k in phases)]
+            f"{k[:-2].replace('_', ' ')} {sum(i[k] for i in its) / len(its):.1f}" for k in TRL_PHASES)]
     lines += ["", "CPU-seconds used by other processes meanwhile (not an idle machine if well above 0): " + ", ".join(
         f"{name} {results[name]['other_cpu_s']:.0f} over {results[name]['wall_s']:.0f} s" for name in results)]
     return "\n".join(lines) + "\n"
